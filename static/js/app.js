@@ -1,0 +1,208 @@
+// Wires the page: editor keys -> requests -> streamed options in the popup -> accepted text.
+import { $ } from "./selectors.js";
+import { Connection } from "./connection.js";
+import { Editor } from "./editor.js";
+import { SuggestionsPopup } from "./popup.js";
+import { SettingsPanel } from "./settings.js";
+import { StatusBar } from "./status.js";
+import { storage } from "./storage.js";
+
+const SAVE_DELAY_MS = 300;
+const MODIFIER_KEYS = new Set(["Shift", "Control", "Alt", "Meta", "CapsLock", "AltGraph"]);
+
+const editor = new Editor($("editor"));
+const statusBar = new StatusBar({
+  root: $("status"), connection: $("statusConnection"), model: $("statusModel"), device: $("statusDevice"),
+  loading: $("statusLoading"), timing: $("statusTiming"), warning: $("statusWarning"), message: $("statusMessage"),
+});
+const settings = new SettingsPanel({
+  panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
+  toggle: $("settingsToggle"), reset: $("settingsReset"),
+});
+const popup = new SuggestionsPopup(
+  { popup: $("popup"), options: $("popupOptions"), setLabel: $("popupSetLabel"),
+    prev: $("popupPrev"), next: $("popupNext"), error: $("popupError") },
+  {
+    onPick: (i) => accept(i),
+    onPrev: () => showSet(current - 1),
+    onNext: () => showSet(current + 1),
+    onSelect: (id) => editor.textarea.setAttribute("aria-activedescendant", id),
+  },
+);
+
+// Option sets offered at the current caret position, oldest first. A set keeps every
+// request id that wrote into it (a suggest, then its extends), so late deltas still land.
+let sets = [];
+let current = -1;
+let active = null; // the request in flight: { id, set, sentAt, firstAt }
+
+const connection = new Connection({
+  connect: () => statusBar.connection("connected", "connected"),
+  disconnect: () => {
+    statusBar.connection("disconnected", "reconnecting…");
+    if (active) stopStreaming(active.set);
+    active = null;
+  },
+  connect_error: () => statusBar.connection("disconnected", "cannot reach the server, retrying…"),
+  status: (status) => statusBar.model(status),
+  delta: onDelta,
+  done: onDone,
+  error: onError,
+});
+
+// ---- requests ------------------------------------------------------------------------
+
+function requestSuggestions() {
+  cancelActive();
+  const id = connection.nextId();
+  const values = settings.values();
+  const set = { ids: new Set([id]), requestId: id, options: Array(values.n).fill(""), finish: null, streaming: true };
+  sets.push(set);
+  current = sets.length - 1;
+  active = { id, set, sentAt: performance.now(), firstAt: null };
+  connection.send("suggest", { id, text: editor.textBeforeCaret(), settings: values });
+  openPopup();
+}
+
+function extendSet() {
+  const set = sets[current];
+  const parent = set.requestId;
+  const id = connection.nextId();
+  const { n, seed, ...overrides } = settings.values(); // an extend keeps the set's size and random stream
+  set.ids.add(id);
+  set.requestId = id;
+  set.streaming = true;
+  active = { id, set, sentAt: performance.now(), firstAt: null };
+  connection.send("extend", { id, parent, settings: overrides });
+  popup.hideError();
+  popup.render(set, current, sets.length);
+}
+
+function cancelActive() {
+  if (!active) return;
+  connection.send("cancel", { id: active.id });
+  stopStreaming(active.set);
+  active = null;
+}
+
+function stopStreaming(set) {
+  set.streaming = false;
+  if (sets[current] === set) popup.render(set, current, sets.length);
+}
+
+// ---- server events ---------------------------------------------------------------------
+
+function onDelta({ id, deltas }) {
+  const set = sets.find((s) => s.ids.has(id));
+  if (!set) return;
+  deltas.forEach((text, i) => { if (i < set.options.length) set.options[i] += text; });
+  if (active && active.id === id && active.firstAt === null) {
+    active.firstAt = performance.now();
+    statusBar.timing(active.firstAt - active.sentAt);
+  }
+  if (sets[current] === set) {
+    set.options.forEach((text, i) => popup.updateOption(i, text, null, set.streaming));
+  }
+}
+
+function onDone({ id, options, finish }) {
+  const set = sets.find((s) => s.ids.has(id));
+  if (!set) return;
+  if (options.length === set.options.length) set.options = [...options]; // the server's text is the truth
+  if (id === set.requestId) {
+    set.streaming = false;
+    set.finish = finish;
+    if (active && active.id === id) active = null;
+  }
+  if (sets[current] === set) popup.render(set, current, sets.length);
+}
+
+function onError({ id, code, message }) {
+  const mine = active && active.id === id;
+  const text = code === "busy" ? `Server busy: ${message}` : message;
+  statusBar.message(text);
+  if (mine) {
+    stopStreaming(active.set);
+    active = null;
+    if (popup.isOpen) popup.showError(text);
+  }
+}
+
+// ---- the popup -----------------------------------------------------------------------
+
+function openPopup() {
+  popup.render(sets[current], current, sets.length);
+  popup.open(editor.caretPosition(), $("editorWrap").clientWidth);
+  editor.textarea.setAttribute("aria-expanded", "true");
+}
+
+function closePopup() {
+  cancelActive();
+  popup.close();
+  sets = [];
+  current = -1;
+  editor.textarea.setAttribute("aria-expanded", "false");
+  editor.textarea.removeAttribute("aria-activedescendant");
+}
+
+function showSet(index) {
+  if (index < 0 || index >= sets.length) return;
+  current = index;
+  popup.render(sets[current], current, sets.length);
+}
+
+function accept(i) {
+  const text = sets[current]?.options[i];
+  closePopup();
+  if (text) editor.insertAtCaret(text);
+  saveDocument();
+}
+
+// ---- keys and edits --------------------------------------------------------------------
+
+editor.textarea.addEventListener("keydown", (event) => {
+  if (event.key === "Tab" && !event.ctrlKey && !event.altKey && !event.metaKey) {
+    event.preventDefault(); // Tab writes with the model instead of leaving the editor
+    if (event.shiftKey || !popup.isOpen) {
+      if (!popup.isOpen) sets = [];
+      requestSuggestions();
+    } else {
+      extendSet();
+    }
+    return;
+  }
+  if (!popup.isOpen || MODIFIER_KEYS.has(event.key)) return;
+  const actions = {
+    ArrowDown: () => popup.move(1),
+    ArrowUp: () => popup.move(-1),
+    Enter: () => accept(popup.selectedIndex),
+    Escape: () => closePopup(),
+    PageUp: () => showSet(current - 1),
+    PageDown: () => showSet(current + 1),
+  };
+  if (actions[event.key]) {
+    event.preventDefault();
+    actions[event.key]();
+  } else {
+    closePopup(); // typing moves on: the options no longer fit the text
+  }
+});
+
+editor.textarea.addEventListener("mousedown", () => { if (popup.isOpen) closePopup(); });
+editor.textarea.addEventListener("scroll", () => { if (popup.isOpen) closePopup(); });
+window.addEventListener("resize", () => { if (popup.isOpen) closePopup(); });
+
+let saveTimer = null;
+function saveDocument() {
+  clearTimeout(saveTimer);
+  storage.saveDocument(editor.text, editor.caret);
+}
+editor.textarea.addEventListener("input", () => {
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
+});
+window.addEventListener("pagehide", saveDocument);
+
+const saved = storage.loadDocument();
+editor.restore(saved.text, saved.caret);
+editor.focus();

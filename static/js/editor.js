@@ -1,0 +1,71 @@
+// The writing area: text before the caret, inserting accepted text, and where the caret is on screen.
+
+// Styles that decide where text wraps; copied onto a hidden mirror to find the caret.
+const MIRRORED_STYLES = [
+  "boxSizing", "width", "borderTopWidth", "borderRightWidth", "borderBottomWidth", "borderLeftWidth",
+  "paddingTop", "paddingRight", "paddingBottom", "paddingLeft", "fontFamily", "fontSize", "fontWeight",
+  "fontStyle", "letterSpacing", "lineHeight", "textTransform", "wordSpacing", "tabSize", "textIndent",
+];
+
+export class Editor {
+  constructor(textarea) {
+    this.textarea = textarea;
+  }
+
+  get text() {
+    return this.textarea.value;
+  }
+
+  get caret() {
+    return this.textarea.selectionEnd;
+  }
+
+  textBeforeCaret() {
+    return this.textarea.value.slice(0, this.textarea.selectionStart);
+  }
+
+  restore(text, caret) {
+    this.textarea.value = text;
+    const position = Math.min(caret ?? text.length, text.length);
+    this.textarea.setSelectionRange(position, position);
+  }
+
+  focus() {
+    this.textarea.focus();
+  }
+
+  // Insert plain text at the caret as one undoable edit (Ctrl+Z takes it back).
+  insertAtCaret(text) {
+    this.textarea.focus();
+    // execCommand("insertText") puts the edit on the browser's undo stack; it inserts text, never HTML
+    const inserted = document.execCommand && document.execCommand("insertText", false, text);
+    if (!inserted) {
+      this.textarea.setRangeText(text, this.textarea.selectionStart, this.textarea.selectionEnd, "end");
+      this.textarea.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  }
+
+  // Pixel position of the caret inside the editor's wrapper, measured with a hidden mirror.
+  caretPosition() {
+    const style = getComputedStyle(this.textarea);
+    const mirror = document.createElement("div");
+    for (const name of MIRRORED_STYLES) mirror.style[name] = style[name];
+    Object.assign(mirror.style, {
+      position: "absolute", visibility: "hidden", whiteSpace: "pre-wrap", overflowWrap: "break-word",
+      top: "0", left: "0", overflow: "hidden", height: "auto",
+    });
+    mirror.textContent = this.textarea.value.slice(0, this.textarea.selectionStart);
+    const marker = document.createElement("span");
+    marker.textContent = "\u200b";
+    mirror.appendChild(marker);
+    this.textarea.parentElement.appendChild(mirror);
+    const lineHeight = parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.4;
+    const position = {
+      top: this.textarea.offsetTop + marker.offsetTop - this.textarea.scrollTop,
+      left: this.textarea.offsetLeft + marker.offsetLeft - this.textarea.scrollLeft,
+      lineHeight,
+    };
+    mirror.remove();
+    return position;
+  }
+}

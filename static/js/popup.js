@@ -1,0 +1,101 @@
+// The suggestions popup: a listbox of options anchored at the caret. It owns its DOM.
+
+const FINISH_LABELS = {
+  length: "", sentence: "", paragraph: "", time: "time limit", eos: "end of text",
+  context: "context window full", cancelled: "stopped",
+};
+
+export class SuggestionsPopup {
+  constructor(elements, callbacks) {
+    this.el = elements.popup;
+    this.list = elements.options;
+    this.label = elements.setLabel;
+    this.error = elements.error;
+    this.callbacks = callbacks;
+    this.prev = elements.prev;
+    this.next = elements.next;
+    this.items = [];
+    this.selectedIndex = 0;
+    elements.prev.addEventListener("mousedown", (event) => event.preventDefault());
+    elements.next.addEventListener("mousedown", (event) => event.preventDefault());
+    elements.prev.addEventListener("click", () => callbacks.onPrev());
+    elements.next.addEventListener("click", () => callbacks.onNext());
+  }
+
+  get isOpen() {
+    return !this.el.hidden;
+  }
+
+  open(position, containerWidth) {
+    this.el.hidden = false;
+    const width = this.el.offsetWidth;
+    const left = Math.max(8, Math.min(position.left, containerWidth - width - 8));
+    this.el.style.left = `${left}px`;
+    this.el.style.top = `${position.top + position.lineHeight + 4}px`;
+  }
+
+  close() {
+    this.el.hidden = true;
+    this.hideError();
+  }
+
+  // Draw every option of `set` (the set being shown is number `index` of `total`).
+  render(set, index, total) {
+    this.list.replaceChildren();
+    this.items = set.options.map((text, i) => this.createItem(i));
+    this.list.append(...this.items);
+    set.options.forEach((text, i) => this.updateOption(i, text, set.finish?.[i], set.streaming));
+    this.label.textContent = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
+    this.prev.hidden = index <= 0;
+    this.next.hidden = index >= total - 1;
+    this.select(Math.min(this.selectedIndex, this.items.length - 1));
+  }
+
+  createItem(i) {
+    const item = document.createElement("div");
+    item.setAttribute("role", "option");
+    item.id = `suggestion-${i}`;
+    item.className = "option";
+    const text = document.createElement("span");
+    text.className = "option-text";
+    const note = document.createElement("span");
+    note.className = "option-note";
+    item.append(text, note);
+    item.addEventListener("mousedown", (event) => event.preventDefault()); // keep the caret in the editor
+    item.addEventListener("click", () => this.callbacks.onPick(i));
+    item.addEventListener("mousemove", () => this.select(i));
+    return item;
+  }
+
+  // Model text only ever enters the page through textContent.
+  updateOption(i, text, finish, streaming) {
+    const item = this.items[i];
+    if (!item) return;
+    item.querySelector(".option-text").textContent = text;
+    const note = streaming ? "writing…" : FINISH_LABELS[finish] ?? "";
+    item.querySelector(".option-note").textContent = note;
+    item.classList.toggle("streaming", Boolean(streaming));
+  }
+
+  select(i) {
+    if (!this.items.length) return;
+    this.selectedIndex = (i + this.items.length) % this.items.length;
+    this.items.forEach((item, k) => item.setAttribute("aria-selected", String(k === this.selectedIndex)));
+    this.items[this.selectedIndex].scrollIntoView({ block: "nearest" });
+    this.callbacks.onSelect?.(this.items[this.selectedIndex].id);
+  }
+
+  move(step) {
+    this.select(this.selectedIndex + step);
+  }
+
+  showError(message) {
+    this.error.textContent = message;
+    this.error.hidden = false;
+  }
+
+  hideError() {
+    this.error.hidden = true;
+    this.error.textContent = "";
+  }
+}

@@ -1,0 +1,32 @@
+// The status bar: connection, model, device, loading state, and the last time to first option.
+export class StatusBar {
+  constructor(elements) {
+    this.el = elements;
+  }
+
+  connection(state, text) {
+    this.el.connection.dataset.state = state;
+    this.el.connection.textContent = text;
+  }
+
+  model(status) {
+    this.el.root.dataset.ready = String(Boolean(status.ready));
+    if (status.model) this.el.model.textContent = status.model;
+    this.el.device.textContent = `${status.device} · ${status.dtype}`;
+    this.el.loading.hidden = Boolean(status.ready) || Boolean(status.error);
+    this.warning(status.error || status.warning || "");
+  }
+
+  warning(text) {
+    this.el.warning.textContent = text;
+    this.el.warning.hidden = !text;
+  }
+
+  timing(firstOptionMs) {
+    this.el.timing.textContent = `first option in ${Math.round(firstOptionMs)} ms`;
+  }
+
+  message(text) {
+    this.el.message.textContent = text;
+  }
+}

@@ -1,0 +1,183 @@
+"""The editor in Debian's Chromium, driven by Playwright, against a real server and model."""
+import shutil
+
+import pytest
+
+from conftest import ARTIFACTS
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+GREEDY = {"temperature": "0", "stop_at": "length", "length": "12"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, embedded_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("dialog", lambda dialog: (page.errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    page.goto(embedded_server.url)
+    page.locator("#status .status-connection[data-state=connected]").wait_for()
+    yield page
+    assert page.errors == []
+    context.close()
+
+
+def set_settings(page, values):
+    """Move the settings panel's controls as a user would, firing their input events."""
+    for name, value in values.items():
+        page.eval_on_selector(f"#setting-{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
+                              value)
+
+
+def write(page, text):
+    editor = page.get_by_role("textbox", name="Document")
+    editor.click()
+    editor.press_sequentially(text)
+    return editor
+
+
+def options(page):
+    """The suggestion options (the settings' <select> has options of its own)."""
+    return page.get_by_role("listbox", name="Suggestions").get_by_role("option")
+
+
+def option_texts(page):
+    return options(page).locator(".option-text").all_text_contents()
+
+
+def wait_until_done(page):
+    page.wait_for_function("document.querySelectorAll('#suggestions .option.streaming').length === 0")
+
+
+def test_tab_streams_options_longer_on_tab_and_enter_accepts(page):
+    set_settings(page, {"seed": "7", "length": "6", "stop_at": "length"})
+    editor = write(page, "The best thing about summer is")
+    editor.press("Tab")
+    listbox = page.get_by_role("listbox", name="Suggestions")
+    listbox.wait_for()
+    assert options(page).count() == 3
+    # options fill in while they stream: some text shows before the last token has come
+    page.wait_for_function("[...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
+    wait_until_done(page)
+    first = option_texts(page)
+    assert all(first)
+    page.screenshot(path=str(ARTIFACTS / "editor-options.png"))
+
+    editor.press("Tab")  # repeat TAB: every option grows, keeping what was read
+    wait_until_done(page)
+    longer = option_texts(page)
+    assert all(new.startswith(old) and len(new) > len(old) for old, new in zip(first, longer))
+
+    editor.press("ArrowDown")
+    selected = page.get_by_role("listbox", name="Suggestions").get_by_role("option", selected=True)
+    assert selected.get_attribute("id") == "suggestion-1"
+    editor.press("Enter")
+    listbox.wait_for(state="hidden")
+    assert editor.input_value() == "The best thing about summer is" + longer[1]
+
+    editor.press("Control+z")  # the insert is one undoable edit
+    assert editor.input_value() == "The best thing about summer is"
+
+
+def test_shift_tab_makes_a_fresh_set_and_the_old_one_stays(page):
+    set_settings(page, {"seed": "", "length": "5", "stop_at": "length"})
+    editor = write(page, "My favourite food is")
+    editor.press("Tab")
+    wait_until_done(page)
+    first = option_texts(page)
+    editor.press("Shift+Tab")
+    page.get_by_text("Set 2 of 2").wait_for()
+    wait_until_done(page)
+    editor.press("PageUp")
+    page.get_by_text("Set 1 of 2").wait_for()
+    assert option_texts(page) == first
+
+
+def test_escape_closes_and_typing_cancels(page):
+    editor = write(page, "Once upon a time")
+    editor.press("Tab")
+    listbox = page.get_by_role("listbox", name="Suggestions")
+    listbox.wait_for()
+    editor.press("Escape")
+    listbox.wait_for(state="hidden")
+    assert editor.input_value() == "Once upon a time"
+    editor.press("Tab")
+    listbox.wait_for()
+    editor.press("!")  # typing moves on: the popup closes, the key is typed
+    listbox.wait_for(state="hidden")
+    assert editor.input_value() == "Once upon a time!"
+
+
+def test_click_accepts_and_reload_keeps_the_text(page):
+    set_settings(page, GREEDY)
+    editor = write(page, "The capital of France is")
+    editor.press("Tab")
+    wait_until_done(page)
+    chosen = option_texts(page)[2]
+    options(page).nth(2).click()
+    expected = "The capital of France is" + chosen
+    assert editor.input_value() == expected
+    page.reload()
+    page.locator("#status .status-connection[data-state=connected]").wait_for()
+    assert page.get_by_role("textbox", name="Document").input_value() == expected
+
+
+def test_model_text_is_shown_as_text_never_as_html(page):
+    set_settings(page, {**GREEDY, "length": "24"})  # the model copies the pattern: real output with a tag
+    line = "Line: <img src=x onerror=alert(1)>\n"
+    editor = page.get_by_role("textbox", name="Document")
+    editor.fill(line * 3 + "Line:")
+    editor.press("End")
+    editor.press("Tab")
+    wait_until_done(page)
+    texts = option_texts(page)
+    assert any("<img src=x onerror=alert(1)>" in text for text in texts), texts
+    assert page.locator("#suggestions img").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "editor-html-as-text.png"))
+    editor.press("Enter")
+    assert "<img src=x onerror=alert(1)>" in editor.input_value().removeprefix(line * 3)
+
+
+def test_status_bar_shows_model_device_warning_and_timing(page):
+    status = page.get_by_role("status", name="Status bar")
+    assert "SmolLM2-135M" in status.inner_text()
+    assert "cpu · float32" in status.inner_text()
+    assert page.locator(".status-warning").is_visible()
+    assert "gpt2-large" in page.locator(".status-warning").inner_text()
+    editor = write(page, "Hello")
+    editor.press("Tab")
+    page.locator(".status-timing").filter(has_text="first option in").wait_for()
+
+
+def test_a_bad_setting_shows_the_servers_message(page):
+    # a hand-edited value outside the range: the server names the field, the page shows it
+    page.eval_on_selector("#setting-top_k", "el => { el.max = 5000; el.value = 5000; el.dispatchEvent(new Event('input')); }")
+    editor = write(page, "Hello")
+    editor.press("Tab")
+    page.get_by_role("alert").filter(has_text="settings.top_k must be an integer from 0 to 1000").wait_for()
+
+
+def test_readme_screenshot(page):
+    """Keep a picture of the editor as a user sees it (copied to docs/ for the README)."""
+    set_settings(page, {"seed": "3", "length": "10", "stop_at": "sentence"})
+    editor = write(page, "Dear students,\n\nToday we will learn how a language model writes. "
+                         "It reads the text so far and")
+    editor.press("Tab")
+    wait_until_done(page)
+    page.screenshot(path=str(ARTIFACTS / "screenshot.png"))

@@ -1,0 +1,161 @@
+"""The engine on the real embedded model: exact greedy output, extend, healing, truncation."""
+import dataclasses
+
+import pytest
+import torch
+
+from webapp.engine import Engine
+from webapp.protocol import SamplingSettings
+
+GREEDY = SamplingSettings(n=1, temperature=0, length=8, stop_at="length", max_time=30)
+
+
+@pytest.fixture(scope="module")
+def engine(embedded):
+    return Engine(embedded)
+
+
+def run(engine, text, settings):
+    """Start a request and step it to the end; return the generation and every delta sent."""
+    generation, first = engine.start(text, settings)
+    deltas = [first]
+    while not generation.finished:
+        deltas.append(engine.step(generation))
+    return generation, deltas
+
+
+def finish_step(engine, generation):
+    deltas = []
+    while not generation.finished:
+        deltas.append(engine.step(generation))
+    return deltas
+
+
+def test_greedy_equals_generate_without_healing(engine):
+    # a single-token prompt is not healed, so this is plain generate() token for token
+    generation, _ = run(engine, "Once", GREEDY)
+    assert generation.healed == ""
+    expected = engine.model.generate(torch.tensor([generation.prompt_ids]), max_new_tokens=8, do_sample=False,
+                                     attention_mask=torch.ones(1, 1, dtype=torch.long))
+    assert generation.options[0].tokens == expected[0, 1:].tolist()
+
+
+def test_greedy_equals_generate_after_the_healed_token(engine):
+    generation, _ = run(engine, "Once upon a time there was a", GREEDY)
+    assert generation.healed == " a"
+    prompt = torch.tensor([generation.prompt_ids + generation.options[0].tokens[:1]])
+    expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False,
+                                     attention_mask=torch.ones_like(prompt))
+    assert generation.options[0].tokens[1:] == expected[0, prompt.shape[1]:].tolist()
+
+
+def test_n_options_share_one_prefill_and_match_a_single_one(engine):
+    single, _ = run(engine, "The capital of France is", GREEDY)
+    many, _ = run(engine, "The capital of France is", dataclasses.replace(GREEDY, n=3))
+    assert [o.tokens for o in many.options] == [single.options[0].tokens] * 3
+
+
+def test_extend_continues_exactly_like_one_longer_run(engine):
+    long, _ = run(engine, "The best way to learn is", dataclasses.replace(GREEDY, length=16))
+    short, _ = run(engine, "The best way to learn is", GREEDY)
+    engine.extend(short)
+    finish_step(engine, short)
+    assert short.options[0].tokens == long.options[0].tokens
+    assert short.texts() == long.texts()
+
+
+def test_extend_after_the_cache_was_dropped_reads_it_again(engine):
+    long, _ = run(engine, "The best way to learn is", dataclasses.replace(GREEDY, n=2, length=16))
+    short, _ = run(engine, "The best way to learn is", dataclasses.replace(GREEDY, n=2))
+    engine.release(short)
+    assert short.cache is None
+    engine.extend(short)
+    finish_step(engine, short)
+    assert short.texts() == long.texts()
+
+
+def test_ragged_options_extend_like_separate_greedy_runs(engine):
+    # sampled options stop at different lengths; the finished ones ride along as masked holes
+    sampled = SamplingSettings(n=4, temperature=1.0, top_k=0, top_p=1.0, length=12, stop_at="sentence", seed=3)
+    generation, _ = run(engine, "My favourite animal is the", sampled)
+    lengths_before = [len(o.tokens) for o in generation.options]
+    assert len(set(lengths_before)) > 1, "the seed should give options of different lengths"
+    engine.extend(generation, {"temperature": 0, "stop_at": "length", "length": 6})
+    finish_step(engine, generation)
+    for option, before in zip(generation.options, lengths_before):
+        context = torch.tensor([generation.prompt_ids + option.tokens[:before]])
+        expected = engine.model.generate(context, max_new_tokens=6, do_sample=False,
+                                         attention_mask=torch.ones_like(context))
+        assert option.tokens[before:] == expected[0, context.shape[1]:].tolist()
+
+
+def test_deltas_add_up_to_the_options(engine):
+    generation, deltas = run(engine, "Dear diary,", SamplingSettings(n=3, seed=5, length=10))
+    tails = engine.flush(generation)
+    joined = ["".join(step[i] for step in deltas) + tails[i] for i in range(3)]
+    assert joined == generation.texts()
+
+
+def test_seed_repeats_exactly_and_different_seeds_differ(engine):
+    settings = SamplingSettings(n=3, temperature=1.0, length=10, stop_at="length", seed=11)
+    first, _ = run(engine, "In the morning I", settings)
+    again, _ = run(engine, "In the morning I", settings)
+    other, _ = run(engine, "In the morning I", dataclasses.replace(settings, seed=12))
+    assert first.texts() == again.texts()
+    assert first.texts() != other.texts()
+
+
+def test_mid_word_prompt_continues_the_word(engine):
+    generation, _ = run(engine, "The weather is beaut", dataclasses.replace(GREEDY, n=1))
+    assert generation.healed == " beaut"
+    assert generation.texts()[0].startswith("iful")
+
+
+def test_trailing_space_is_never_doubled(engine):
+    settings = SamplingSettings(n=5, temperature=1.0, length=6, seed=2)
+    generation, _ = run(engine, "The weather is ", settings)
+    assert generation.healed == " "
+    for text in generation.texts():
+        assert text and not text.startswith(" "), text
+
+
+@pytest.mark.parametrize("text", ["日本の首都は", "Our party was great 🎉"])
+def test_streams_never_carry_half_a_character(engine, text):
+    generation, deltas = run(engine, text, SamplingSettings(n=3, temperature=1.0, length=16, seed=4))
+    assert all("\ufffd" not in delta for step in deltas for delta in step)
+    assert all("\ufffd" not in option for option in generation.texts())
+
+
+def test_long_prompt_keeps_the_most_recent_tokens(engine):
+    words = " ".join(f"word{i}" for i in range(3000))
+    generation, _ = run(engine, words, dataclasses.replace(GREEDY, length=4))
+    ids = engine.tokenizer(words, add_special_tokens=False)["input_ids"]
+    budget = engine.loaded.max_context - 4 * 8
+    assert generation.truncated == len(ids) - budget
+    assert len(generation.prompt_ids) == budget - 1  # one token handed back for healing
+    assert generation.prompt_ids == ids[-budget:-1]
+
+
+def test_options_stop_at_the_context_window(engine, tiny):
+    small = Engine(dataclasses.replace(tiny, max_context=40))
+    generation, _ = small.start("x " * 100, SamplingSettings(n=2, temperature=0, length=64, stop_at="length"))
+    while not generation.finished:
+        small.step(generation)
+    assert generation.finishes() == ["context", "context"]
+    assert int(generation.positions.max()) < 40
+
+
+def test_empty_text_starts_from_the_beginning_of_a_document(engine):
+    generation, _ = run(engine, "", dataclasses.replace(GREEDY, length=4))
+    assert generation.prompt_ids == [engine.start_id]
+    assert generation.options[0].tokens
+
+
+def test_cancel_stops_where_it_is_and_extend_resumes(engine):
+    generation, _ = engine.start("Tell me a story about", dataclasses.replace(GREEDY, length=20))
+    engine.step(generation)
+    engine.cancel(generation)
+    assert generation.finishes() == ["cancelled"]
+    engine.extend(generation, {"length": 3})
+    finish_step(engine, generation)
+    assert len(generation.options[0].tokens) == 5

@@ -1,0 +1,195 @@
+"""The protocol through the real app and Flask-SocketIO's test client, on real models.
+
+Tests that must catch a request while it is still running use the embedded model
+and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
+"""
+import pytest
+
+from conftest import connect, make_app, payloads, wait_for
+
+GREEDY = {"temperature": 0, "stop_at": "length"}
+
+
+def test_connect_sends_model_status(tiny_app):
+    client = tiny_app.extensions["socketio"].test_client(tiny_app)
+    [status] = payloads(client.get_received(), "status")
+    assert status["ready"] is True
+    assert status["model"] == "tiny-gpt2"
+    assert status["device"] == "cpu" and status["dtype"] == "float32"
+
+
+def test_suggest_streams_deltas_then_done(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "s1", "text": "The weather is beaut", "settings": {"n": 3, "seed": 1}})
+    events = wait_for(client, "s1")
+    deltas = payloads(events, "delta", "s1")
+    [done] = payloads(events, "done", "s1")
+    assert len(deltas) >= 2, "options should arrive token by token"
+    assert all(len(d["deltas"]) == 3 for d in deltas)
+    streamed = ["".join(d["deltas"][i] for d in deltas) for i in range(3)]
+    assert streamed == done["options"]
+    assert all(reason in ("length", "sentence", "paragraph", "eos", "time") for reason in done["finish"])
+    assert done["stats"]["healed"] == " beaut"
+    assert done["stats"]["first_delta_ms"] > 0
+    assert [e["name"] for e in events][-1] == "done"
+
+
+def test_extend_makes_every_option_longer_keeping_the_old_text(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "a", "text": "My plan for the weekend is", "settings": {"seed": 3, "length": 6}})
+    [first] = payloads(wait_for(client, "a"), "done", "a")
+    client.emit("extend", {"id": "b", "parent": "a"})
+    events = wait_for(client, "b")
+    [second] = payloads(events, "done", "b")
+    for old, new, reason in zip(first["options"], second["options"], second["finish"]):
+        assert new.startswith(old)
+        assert len(new) > len(old) or reason == "eos"
+    streamed = ["".join(d["deltas"][i] for d in payloads(events, "delta", "b")) for i in range(3)]
+    assert [old + more for old, more in zip(first["options"], streamed)] == second["options"]
+
+
+def test_extend_of_a_running_request_takes_it_over(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "a", "text": "hello", "settings": {**GREEDY, "length": 64}})
+    wait_for(client, "a", event="delta")
+    client.emit("extend", {"id": "b", "parent": "a", "settings": {"length": 2}})
+    events = wait_for(client, "b")
+    [stopped] = payloads(events, "done", "a")
+    [extended] = payloads(events, "done", "b")
+    assert set(stopped["finish"]) == {"cancelled"}
+    assert all(new.startswith(old) for old, new in zip(stopped["options"], extended["options"]))
+
+
+def test_extend_of_an_unknown_set_is_an_error(tiny_app):
+    client = connect(tiny_app)
+    client.emit("extend", {"id": "b", "parent": "nope"})
+    [error] = payloads(wait_for(client, "b", event="error"), "error", "b")
+    assert error["code"] == "unknown_parent" and error["field"] == "parent"
+
+
+def test_cancel_stops_a_request(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "long", "text": "hello", "settings": {**GREEDY, "length": 64}})
+    wait_for(client, "long", event="delta")
+    client.emit("cancel", {"id": "long"})
+    [done] = payloads(wait_for(client, "long"), "done", "long")
+    assert set(done["finish"]) == {"cancelled"}
+    assert all(len(option) < 64 * 20 for option in done["options"])
+
+
+def test_a_new_suggest_replaces_the_running_one(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "old", "text": "hello", "settings": {**GREEDY, "length": 64}})
+    wait_for(client, "old", event="delta")
+    client.emit("suggest", {"id": "new", "text": "hello again", "settings": {**GREEDY, "length": 3}})
+    events = wait_for(client, "new")
+    names = [(e["name"], e["args"][0]["id"]) for e in events]
+    old_done_at = names.index(("done", "old"))
+    assert ("delta", "old") not in names[old_done_at:], "no text for a replaced request after its done"
+    [old_done] = payloads(events, "done", "old")
+    assert set(old_done["finish"]) == {"cancelled"}
+
+
+@pytest.mark.parametrize("event, payload, field", [
+    ("suggest", {"id": "x", "text": "hi", "settings": {"n": 9}}, "settings.n"),
+    ("suggest", {"id": "x", "text": "hi", "settings": {"temperature": "hot"}}, "settings.temperature"),
+    ("suggest", {"id": "x", "text": "hi", "settings": {"top_p": 0}}, "settings.top_p"),
+    ("suggest", {"id": "x", "text": "hi", "settings": {"top_k": -3}}, "settings.top_k"),
+    ("suggest", {"id": "x", "text": "hi", "settings": {"length": 1000}}, "settings.length"),
+    ("suggest", {"id": "x", "text": 12}, "text"),
+    ("suggest", {"id": "x", "text": "y" * 20001}, "text"),
+    ("suggest", "just a string", None),
+    ("extend", {"id": "x"}, "parent"),
+    ("cancel", {"nothing": 1}, "id"),
+])
+def test_invalid_payloads_get_an_error_and_the_connection_stays(tiny_app, event, payload, field):
+    client = connect(tiny_app)
+    client.emit(event, payload)
+    [error] = payloads(client.get_received(), "error")
+    assert error["code"] == "invalid"
+    assert error["field"] == field
+    assert error["message"]
+    assert client.is_connected()
+    client.emit("suggest", {"id": "ok", "text": "still here", "settings": {**GREEDY, "length": 2}})
+    assert payloads(wait_for(client, "ok"), "done", "ok")
+
+
+def test_two_clients_each_get_only_their_own_streams(tiny_app):
+    alice, bob = connect(tiny_app), connect(tiny_app)
+    alice.emit("suggest", {"id": "alice-1", "text": "alice writes", "settings": {**GREEDY, "length": 20}})
+    bob.emit("suggest", {"id": "bob-1", "text": "bob writes", "settings": {**GREEDY, "length": 20, "n": 2}})
+    alice_events = wait_for(alice, "alice-1")
+    bob_events = wait_for(bob, "bob-1")
+    assert {e["args"][0]["id"] for e in alice_events} == {"alice-1"}
+    assert {e["args"][0]["id"] for e in bob_events} == {"bob-1"}
+    assert all(len(d["deltas"]) == 3 for d in payloads(alice_events, "delta"))
+    assert all(len(d["deltas"]) == 2 for d in payloads(bob_events, "delta"))
+
+
+def test_interleaving_is_fair_between_clients(embedded_app):
+    alice, bob = connect(embedded_app), connect(embedded_app)
+    alice.emit("suggest", {"id": "a", "text": "first", "settings": {**GREEDY, "length": 40}})
+    wait_for(alice, "a", event="delta")
+    bob.emit("suggest", {"id": "b", "text": "second", "settings": {**GREEDY, "length": 2}})
+    wait_for(bob, "b")
+    # bob's short request finished while alice's long one was still being written
+    assert not payloads(alice.get_received(), "done", "a")
+    wait_for(alice, "a")
+
+
+def test_a_disconnected_client_leaves_no_work(embedded_app):
+    scheduler = embedded_app.extensions["tabwrite"].scheduler
+    leaving = connect(embedded_app)
+    leaving.emit("suggest", {"id": "gone", "text": "bye", "settings": {**GREEDY, "length": 64}})
+    wait_for(leaving, "gone", event="delta")
+    leaving.disconnect()
+    staying = connect(embedded_app)
+    staying.emit("suggest", {"id": "next", "text": "hi", "settings": {**GREEDY, "length": 2}})
+    wait_for(staying, "next")
+    assert not [task for task in scheduler.tasks if task.id == "gone"]
+    assert not [key for key in scheduler.finished if key[1] == "gone"]
+
+
+def test_a_full_queue_answers_busy(embedded):
+    app = make_app(embedded, MAX_QUEUE=1)
+    try:
+        first, second = connect(app), connect(app)
+        first.emit("suggest", {"id": "a", "text": "one", "settings": {**GREEDY, "length": 64}})
+        wait_for(first, "a", event="delta")
+        second.emit("suggest", {"id": "b", "text": "two"})
+        [error] = payloads(second.get_received(), "error", "b")
+        assert error["code"] == "busy"
+        assert "try again" in error["message"]
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()
+
+
+def test_old_sets_lose_their_cache_over_budget_but_still_extend(tiny):
+    app = make_app(tiny, KV_CACHE_MB=0)
+    try:
+        client = connect(app)
+        client.emit("suggest", {"id": "a", "text": "budget", "settings": {**GREEDY, "length": 3}})
+        [first] = payloads(wait_for(client, "a"), "done", "a")
+        [generation] = app.extensions["tabwrite"].scheduler.finished.values()
+        assert generation.cache is None
+        client.emit("extend", {"id": "b", "parent": "a"})
+        [second] = payloads(wait_for(client, "b"), "done", "b")
+        assert all(new.startswith(old) for old, new in zip(first["options"], second["options"]))
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()
+
+
+def test_healthz_reports_the_model(tiny_app):
+    body = tiny_app.test_client().get("/healthz").get_json()
+    assert body["ready"] is True
+    assert body["model"] == "tiny-gpt2"
+    assert body["device"] == "cpu" and body["dtype"] == "float32"
+    assert body["queue"] == {"running": 0, "waiting": 0}
+
+
+def test_page_has_the_editor_and_settings(tiny_app):
+    html = tiny_app.test_client().get("/").get_data(as_text=True)
+    assert 'role="textbox"' in html and 'role="listbox"' in html
+    for name in ("n", "temperature", "top_k", "top_p", "length"):
+        assert f'name="{name}"' in html
+    assert "/vendor/socket.io/socket.io.min.js" in html

@@ -1,0 +1,71 @@
+"""Finding and loading models: local directories, the embedded model, clear errors."""
+import pytest
+import torch
+
+from conftest import build_tiny_gpt2
+from webapp import models
+from webapp.models import ModelError, load_model, pick_device, pick_dtype, resolve_model
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No Hub and an empty Hugging Face cache, as on this machine."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_auto_falls_back_to_embedded_with_a_warning(offline):
+    spec = resolve_model("auto")
+    assert spec.source == "embedded"
+    assert "gpt2-large" in spec.warning and "embedded" in spec.warning
+
+
+def test_an_unreachable_hub_model_is_a_clear_error(offline):
+    with pytest.raises(ModelError) as caught:
+        resolve_model("someone/not-downloaded")
+    message = str(caught.value)
+    assert "someone/not-downloaded" in message
+    assert "--model embedded" in message
+
+
+def test_a_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="save_pretrained"):
+        resolve_model(str(tmp_path))
+
+
+def test_a_saved_directory_loads(tmp_path, embedded):
+    build_tiny_gpt2(embedded.tokenizer).save_pretrained(tmp_path)
+    embedded.tokenizer.save_pretrained(tmp_path)
+    spec = resolve_model(str(tmp_path))
+    assert spec.source == "local"
+    loaded = load_model(spec, device="cpu", max_context=4096)
+    assert loaded.device == "cpu" and loaded.dtype == "float32"
+    assert loaded.max_context == 256  # capped at the model's own window
+    assert loaded.eos_ids >= {embedded.tokenizer.eos_token_id}
+
+
+def test_embedded_model_comes_from_the_package_file():
+    path = models.embedded_gguf_path()
+    assert path.suffix == ".gguf" and path.is_file()
+    assert resolve_model("embedded").source == "embedded"
+
+
+def test_embedded_model_is_converted_once_and_cached(embedded, tmp_path):
+    from webapp.config import cache_dir
+
+    folder = models.ensure_embedded(cache_dir({}))
+    assert (folder / "model.safetensors").is_file()
+    assert models.ensure_embedded(cache_dir({})) == folder  # second call: no conversion
+    assert embedded.name == models.EMBEDDED_NAME
+
+
+def test_devices_and_dtypes():
+    assert pick_device("auto") in ("cpu", "cuda", "mps")
+    assert pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ModelError, match="--dtype"):
+        pick_dtype("int3", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            pick_device("cuda")

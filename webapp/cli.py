@@ -1,0 +1,53 @@
+"""`tabwrite` / `python -m webapp`: parse flags, then serve the editor with eventlet."""
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from . import config as settings  # plain Python: safe to import before eventlet patches
+
+
+def parse_args(argv=None):
+    """Flags override TABWRITE_* environment variables, which override the defaults."""
+    env = {**settings.DEFAULTS, **settings.from_env()}
+    parser = argparse.ArgumentParser(prog="tabwrite", description="Write with a language model: press TAB.")
+    parser.add_argument("--model", default=env["MODEL"],
+                        help="auto (gpt2-large, or the embedded model offline), embedded, a Hub id, or a directory")
+    parser.add_argument("--device", default=env["DEVICE"], help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, float16 or bfloat16")
+    parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
+    parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
+    parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Start the server; exit with a clear message when the model cannot be had."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eventlet's notice that it is in maintenance mode
+        import eventlet
+
+    eventlet.monkey_patch()  # before Flask, torch or anything else opens sockets or threads
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import create_app
+    from .models import ModelError
+
+    config = {"MODEL": args.model, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
+              "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet"}
+    try:
+        app = create_app(config)
+    except ModelError as error:
+        print(f"tabwrite: cannot start: {error}", file=sys.stderr)
+        return 2
+    app.extensions["tabwrite"].on_error = _stop_process
+    print(f"TabWrite: open http://{args.host}:{args.port}/ (model: {args.model})", flush=True)
+    app.extensions["socketio"].run(app, host=args.host, port=args.port, log_output=args.log_level.upper() == "DEBUG")
+    return 0
+
+
+def _stop_process(message):
+    print(f"tabwrite: cannot start: {message}", file=sys.stderr, flush=True)
+    os._exit(2)  # the eventlet server does not stop from a background task otherwise

@@ -1,0 +1,250 @@
+"""Generate several options at once, one token per step, from a prompt's shared KV cache.
+
+The engine knows nothing of Flask or sockets. The scheduler drives it through a
+narrow interface: `start` (prefill and first token), `step` (one more token for
+every live option), `extend` (begin another step on a finished set) and `release`.
+Each call returns one text delta per option, so callers can stream them.
+"""
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .detokenizer import StreamingDetokenizer
+from .healing import TokenHealer
+from .sampling import choose_next_tokens
+from .stopping import StepStop
+
+ROOM_STEPS = 8  # the prompt leaves room in the context window for this many length steps
+DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
+
+
+@dataclass
+class Option:
+    """One continuation being written."""
+
+    detokenizer: StreamingDetokenizer
+    heal: str  # raw token text still to re-spell (token healing); '' once done
+    tokens: list = field(default_factory=list)  # every sampled id, in order
+    text: str = ""  # text after the caret, as sent to the client
+    pending: int | None = None  # sampled but not yet fed to the model
+    finish: str | None = None  # why the current step ended; None while writing
+    step_tokens: int = 0
+    step_text: str = ""
+
+
+@dataclass
+class Generation:
+    """The state of one request's options: settings, prompt, KV cache and per-option progress."""
+
+    settings: object
+    prompt_ids: list  # what the model reads before the options (after truncation and healing)
+    options: list
+    generator: torch.Generator
+    stop: StepStop
+    truncated: int = 0  # prompt tokens dropped from the left to fit the context window
+    healed: str = ""  # prompt text that was handed back to the model to re-spell
+    cache: object = None  # transformers Cache holding prompt + fed tokens, batch = options
+    mask: torch.Tensor | None = None  # [n, cache length] 1 where a cached position is real
+    positions: torch.Tensor | None = None  # [n] position id of each option's next fed token
+
+    @property
+    def finished(self):
+        """True when no option is still writing."""
+        return all(option.finish is not None for option in self.options)
+
+    def texts(self):
+        """The full text of every option."""
+        return [option.text for option in self.options]
+
+    def finishes(self):
+        """Why every option stopped."""
+        return [option.finish for option in self.options]
+
+    def cache_bytes(self):
+        """Memory held by this generation's KV cache."""
+        if self.cache is None:
+            return 0
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+
+
+class Engine:
+    """Owns one loaded model; call its methods from one thread at a time."""
+
+    def __init__(self, loaded):
+        """Wrap a LoadedModel (see models.py)."""
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = torch.device(loaded.device)
+        self.healer = TokenHealer(self.tokenizer)
+        self.pad_id = min(loaded.eos_ids) if loaded.eos_ids else 0
+        start = self.tokenizer.bos_token_id
+        self.start_id = start if start is not None else self.pad_id
+
+    # ---- the narrow interface -------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, text, settings):
+        """Read the prompt once, share it across `settings.n` options, and sample their first tokens."""
+        generation = self.prepare(text, settings)
+        prompt = torch.tensor([generation.prompt_ids], device=self.device)
+        # prefill: one pass over the prompt, batch of 1
+        out = self.model(input_ids=prompt, use_cache=True)
+        cache = out.cache
+        # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
+        cache.batch_repeat_interleave(settings.n)
+        generation.cache = cache
+        generation.mask = torch.ones((settings.n, prompt.shape[1]), dtype=torch.long, device=self.device)
+        generation.positions = torch.full((settings.n,), prompt.shape[1], dtype=torch.long, device=self.device)
+        logits = out.logits[:, -1, :].expand(settings.n, -1)
+        return generation, self._sample(generation, logits)
+
+    @torch.inference_mode()
+    def step(self, generation):
+        """Feed every live option its last token and sample the next one."""
+        if generation.cache is None:
+            self._rebuild_cache(generation)
+        live = torch.tensor([o.finish is None for o in generation.options], device=self.device)
+        feed = torch.tensor([[o.pending if o.finish is None else self.pad_id] for o in generation.options],
+                            device=self.device)
+        # finished options ride along as masked holes so the batch keeps its shape
+        generation.mask = torch.cat([generation.mask, live.long()[:, None]], dim=1)
+        out = self.model(input_ids=feed, attention_mask=generation.mask,
+                         position_ids=generation.positions[:, None],
+                         cache=generation.cache, use_cache=True)
+        generation.cache = out.cache
+        generation.positions += live.long()
+        for option in generation.options:
+            if option.finish is None:
+                option.pending = None
+        return self._sample(generation, out.logits[:, -1, :])
+
+    def warm_up(self):
+        """Run one tiny request so the first real TAB does not pay for lazy initialisation."""
+        from .protocol import SamplingSettings
+
+        generation, _ = self.start("Hello", SamplingSettings(n=2, length=2, seed=0))
+        while not generation.finished:
+            self.step(generation)
+
+    def extend(self, generation, overrides=None):
+        """Begin another step on every option that can go on; the next `step` writes it."""
+        settings = dataclasses.replace(generation.settings, **(overrides or {}))
+        generation.settings = settings
+        generation.stop = self._stop_rule(settings)
+        for option in generation.options:
+            if option.finish not in ("eos", "context"):
+                option.finish, option.step_tokens, option.step_text = None, 0, ""
+
+    def cancel(self, generation):
+        """Stop every option where it is (it can still be extended later)."""
+        for option in generation.options:
+            if option.finish is None:
+                option.finish = "cancelled"
+
+    def release(self, generation):
+        """Drop the KV cache; a later extend re-reads the prompt and options instead."""
+        generation.cache = generation.mask = generation.positions = None
+
+    def flush(self, generation):
+        """Text held back by the detokenizers of options that have just ended (rarely non-empty)."""
+        deltas = []
+        for option in generation.options:
+            tail = option.detokenizer.flush() if option.finish == "eos" else ""
+            option.text += tail
+            deltas.append(tail)
+        return deltas
+
+    # ---- preparing a prompt ---------------------------------------------------------
+
+    def prepare(self, text, settings):
+        """Tokenize, keep what fits the window, and apply token healing; no model work."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        budget = self.loaded.max_context - min(settings.length * ROOM_STEPS, self.loaded.max_context // 2)
+        truncated = max(0, len(ids) - budget)
+        ids = ids[truncated:] or [self.start_id]
+        kept, healed_piece = self._heal(ids)
+        skip = len(self._decode([ids[-1]])) if healed_piece else 0
+        context = kept[-DETOKENIZER_CONTEXT:]
+        options = [Option(StreamingDetokenizer(self.tokenizer, context, skip_chars=skip), healed_piece)
+                   for _ in range(settings.n)]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
+        return Generation(settings, kept, options, generator, self._stop_rule(settings),
+                          truncated=truncated, healed=self._decode([ids[-1]]) if healed_piece else "")
+
+    def _heal(self, ids):
+        kept, piece = self.healer.split_prompt(ids)
+        # never hand back half a character: its bytes would decode differently on their own
+        if piece and "\ufffd" in self._decode(ids[-1:]) + self._decode(kept[-1:]):
+            return list(ids), ""
+        return kept, piece
+
+    def _stop_rule(self, settings):
+        return StepStop(settings.length, time.monotonic() + settings.max_time, settings.stop_at,
+                        self.loaded.eos_ids)
+
+    # ---- sampling ---------------------------------------------------------------------
+
+    def _sample(self, generation, logits):
+        """Choose a token for every live option, update its text, and decide whether it stops."""
+        options = generation.options
+        allowed = self._healing_mask(options, logits.shape[-1])
+        chosen = choose_next_tokens(logits, generation.settings, generation.generator, allowed).tolist()
+        now = time.monotonic()
+        deltas = []
+        for row, (option, token_id) in enumerate(zip(options, chosen)):
+            if option.finish is not None:
+                deltas.append("")
+                continue
+            deltas.append(self._record(generation, row, option, token_id, now))
+        return deltas
+
+    def _record(self, generation, row, option, token_id, now):
+        option.tokens.append(token_id)
+        option.step_tokens += 1
+        delta = ""
+        if token_id not in self.loaded.eos_ids:
+            option.pending = token_id
+            if option.heal:
+                option.heal = self.healer.advance(option.heal, token_id)
+            delta = option.detokenizer.push(token_id)
+        option.text += delta
+        option.step_text += delta
+        at_limit = int(generation.positions[row]) + 1 >= self.loaded.max_context
+        option.finish = generation.stop.reason(token_id, option.step_tokens, option.step_text, now, at_limit)
+        if option.heal and option.finish in ("sentence", "paragraph"):
+            option.finish = None  # still re-spelling the user's own word: not a real stop
+        return delta
+
+    def _healing_mask(self, options, vocab):
+        if not any(option.heal and option.finish is None for option in options):
+            return None
+        rows = [self.healer.mask(option.heal, vocab) if option.heal and option.finish is None
+                else torch.zeros(vocab, dtype=torch.bool) for option in options]
+        return torch.stack(rows).to(self.device)
+
+    # ---- re-reading an evicted set -------------------------------------------------
+
+    def _rebuild_cache(self, generation):
+        """Prefill prompt + each option's fed tokens again, left-padded to one length."""
+        # between steps an option's last token is never in the cache (pending, or end of text)
+        rows = [generation.prompt_ids + o.tokens[:-1] for o in generation.options]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row, device=self.device)
+            mask[i, width - len(row):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        generation.cache = out.cache
+        generation.mask = mask
+        generation.positions = mask.sum(dim=1)
+
+    def _decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

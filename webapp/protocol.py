@@ -1,0 +1,205 @@
+"""Socket.IO event names and payload shapes, each with one validating constructor.
+
+Every event the server takes or sends is named here and listed in the README; a
+test fails when the two drift apart.
+"""
+from dataclasses import dataclass, field, fields
+
+# Client -> server
+SUGGEST = "suggest"
+EXTEND = "extend"
+CANCEL = "cancel"
+# Server -> client
+DELTA = "delta"
+DONE = "done"
+ERROR = "error"
+STATUS = "status"
+
+CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS)
+
+# Why an option stopped, as sent in `done.finish`.
+FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
+STOP_AT = ("length", "sentence", "paragraph")
+
+# Error codes sent in `error.code`.
+INVALID = "invalid"  # the payload broke a rule; `field` names which
+BUSY = "busy"  # the server's queue is full; try again shortly
+UNKNOWN_PARENT = "unknown_parent"  # extend named a set the server no longer has
+INTERNAL = "internal"  # the model failed; the connection stays up
+
+MAX_ID_CHARS = 64
+
+
+class ProtocolError(ValueError):
+    """A payload that breaks a rule; carries the offending field for the `error` event."""
+
+    def __init__(self, message, field=None, code=INVALID):
+        super().__init__(message)
+        self.field = field
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric setting, used for checking and for messages."""
+
+    low: float
+    high: float
+    kind: type
+
+    def describe(self):
+        """Say the allowed range in words, e.g. 'an integer from 1 to 5'."""
+        noun = "an integer" if self.kind is int else "a number"
+        return f"{noun} from {self.low} to {self.high}"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How options are sampled; every field is optional in a request."""
+
+    n: int = 3  # options per TAB, 1..5
+    temperature: float = 0.8  # 1.0 = model's distribution, < 1 = safer, > 1 = wilder, 0 = greedy
+    top_k: int = 40  # sample only among the k likeliest tokens, 0 = no limit
+    top_p: float = 0.95  # nucleus: smallest set of tokens whose probability reaches p, 1.0 = off
+    length: int = 12  # new tokens per TAB (one "step"); repeat TAB adds another step
+    max_time: float = 3.0  # seconds one step may take before options stop where they are
+    stop_at: str = "sentence"  # end a step early at: "sentence", "paragraph", or only "length"
+    seed: int | None = None  # fixed seed -> the same options for the same text and settings
+
+    @classmethod
+    def from_payload(cls, payload):
+        """Build settings from a client dict, naming the field and range of any bad value."""
+        if payload is None:
+            return cls()
+        if not isinstance(payload, dict):
+            raise ProtocolError("settings must be an object", "settings")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(payload) - known)
+        if unknown:
+            raise ProtocolError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}", f"settings.{unknown[0]}")
+        values = {}
+        for name, value in payload.items():
+            if name == "stop_at":
+                values[name] = _check_choice(value, STOP_AT, "settings.stop_at")
+            elif name == "seed":
+                values[name] = None if value is None else _check_number(value, SEED_RANGE, "settings.seed")
+            else:
+                values[name] = _check_number(value, RANGES[name], f"settings.{name}")
+        return cls(**values)
+
+
+RANGES = {
+    "n": Range(1, 5, int),
+    "temperature": Range(0.0, 2.0, float),
+    "top_k": Range(0, 1000, int),
+    "top_p": Range(0.01, 1.0, float),
+    "length": Range(1, 64, int),
+    "max_time": Range(0.1, 30.0, float),
+}
+SEED_RANGE = Range(0, 2**32 - 1, int)
+
+
+@dataclass(frozen=True)
+class SuggestRequest:
+    """`suggest {id, text, settings}`: sample options that continue `text`."""
+
+    id: str
+    text: str
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+
+    @classmethod
+    def from_payload(cls, payload, max_text_chars):
+        """Validate a `suggest` payload."""
+        payload = _check_object(payload)
+        text = payload.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("text must be a string", "text")
+        if len(text) > max_text_chars:
+            raise ProtocolError(f"text must be at most {max_text_chars} characters (got {len(text)})", "text")
+        settings = payload.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ProtocolError("settings must be an object", "settings")
+        settings = dict(settings)
+        if "n" in payload:  # `n` may sit beside the settings, as in the design
+            settings.setdefault("n", payload["n"])
+        return cls(id=_check_id(payload), text=text, settings=SamplingSettings.from_payload(settings))
+
+
+@dataclass(frozen=True)
+class ExtendRequest:
+    """`extend {id, parent, settings}`: make every option of request `parent` one step longer."""
+
+    id: str
+    parent: str
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, payload):
+        """Validate an `extend` payload; its settings override the parent's (n excepted)."""
+        payload = _check_object(payload)
+        parent = payload.get("parent")
+        if not isinstance(parent, (str, int)) or isinstance(parent, bool):
+            raise ProtocolError("parent must be the id of an earlier suggest", "parent")
+        overrides = payload.get("settings") or {}
+        SamplingSettings.from_payload(overrides)  # validate only
+        if "n" in overrides:
+            raise ProtocolError("extend keeps the parent's number of options; n cannot change", "settings.n")
+        return cls(id=_check_id(payload), parent=str(parent), settings=dict(overrides))
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """`cancel {id}`: stop a request that is still running."""
+
+    id: str
+
+    @classmethod
+    def from_payload(cls, payload):
+        """Validate a `cancel` payload."""
+        return cls(id=_check_id(_check_object(payload)))
+
+
+def error_payload(request_id, error):
+    """Shape a ProtocolError as the `error` event's payload."""
+    return {"id": request_id, "code": error.code, "message": str(error), "field": error.field}
+
+
+def request_id_of(payload):
+    """Best-effort id of a payload for error replies, even when the payload is bad."""
+    if isinstance(payload, dict) and isinstance(payload.get("id"), (str, int)):
+        return str(payload["id"])[:MAX_ID_CHARS]
+    return None
+
+
+def _check_object(payload):
+    if not isinstance(payload, dict):
+        raise ProtocolError("payload must be an object", None)
+    return payload
+
+
+def _check_id(payload):
+    value = payload.get("id")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ProtocolError("id must be a string or an integer chosen by the client", "id")
+    value = str(value)
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise ProtocolError(f"id must be 1 to {MAX_ID_CHARS} characters", "id")
+    return value
+
+
+def _check_number(value, allowed, name):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if allowed.kind is int and is_number and float(value).is_integer():
+        value = int(value)
+    elif allowed.kind is int or not is_number:
+        raise ProtocolError(f"{name} must be {allowed.describe()}", name)
+    if not allowed.low <= value <= allowed.high:  # also rejects NaN
+        raise ProtocolError(f"{name} must be {allowed.describe()} (got {value})", name)
+    return allowed.kind(value)
+
+
+def _check_choice(value, choices, name):
+    if value not in choices:
+        raise ProtocolError(f"{name} must be one of {', '.join(choices)}", name)
+    return value

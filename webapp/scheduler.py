@@ -1,0 +1,225 @@
+"""Queue requests from many clients and drive the engine one step at a time, fairly.
+
+The scheduler is the only bridge between the socket handlers and the engine.
+Handlers only append commands to an inbox; one loop (a green thread under
+eventlet) applies them between steps and runs every model call in a real OS
+thread through the Runner. So no lock guards the model, cancelling is just
+dropping a task, and each client's events leave in order.
+"""
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from . import protocol
+from .protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 1.0  # seconds the loop sleeps when there is nothing to do
+
+
+@dataclass
+class Task:
+    """One client request the loop is working on."""
+
+    sid: str
+    id: str
+    request: object  # SuggestRequest or ExtendRequest
+    generation: object = None  # engine.Generation once started
+    received: float = field(default_factory=time.monotonic)
+    first_delta: float | None = None
+    steps: int = 0
+    started: float | None = None
+    model_seconds: float = 0.0  # time spent inside model calls (the rest is queueing and I/O)
+
+
+class Scheduler:
+    """Owns the queue of tasks and the finished option sets kept for extend."""
+
+    def __init__(self, runner, emit, max_queue=64, kv_budget_bytes=1 << 30, keep_sets=8):
+        """`emit(event, payload, to=sid)` sends to one client; nothing runs until `attach`."""
+        self.runner = runner
+        self.emit = emit
+        self.max_queue = max_queue
+        self.kv_budget_bytes = kv_budget_bytes
+        self.keep_sets = keep_sets
+        self.engine = None
+        self.inbox = deque()  # commands from handlers, applied by the loop between steps
+        self.tasks = deque()  # running tasks, served round-robin: one step each in turn
+        self.stepping = None  # the task whose model call is running right now (not in `tasks`)
+        self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
+        self.wakeup = runner.event()
+        self.running = False
+
+    # ---- called by socket handlers (any thread or green thread) ----------------------
+
+    def submit(self, sid, request):
+        """Queue a suggest or extend request; refuse with `busy` when the queue is full."""
+        if len(self.inbox) + len(self.tasks) + (self.stepping is not None) >= self.max_queue:
+            raise ProtocolError(f"the server is busy ({self.max_queue} requests queued); try again in a few seconds",
+                                code=protocol.BUSY)
+        self._post("submit", sid, request)
+
+    def cancel(self, sid, request_id):
+        """Stop request `request_id` of client `sid` if it is still running."""
+        self._post("cancel", sid, request_id)
+
+    def disconnect(self, sid):
+        """Forget everything of a client that left, stopping its running request."""
+        self._post("disconnect", sid, None)
+
+    def _post(self, *command):
+        self.inbox.append(command)
+        self.wakeup.set()
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def attach(self, engine):
+        """Start serving with `engine` (once the model has loaded)."""
+        self.engine = engine
+        self.running = True
+        self.runner.spawn(self.run)
+
+    def stop(self):
+        """Let the loop end after its current step."""
+        self.running = False
+        self.wakeup.set()
+
+    def run(self):
+        """Apply commands, then advance one task by one step; repeat."""
+        while self.running:
+            self._apply_inbox()
+            if not self.tasks:
+                self.wakeup.wait(IDLE_WAIT)
+                self.wakeup.clear()
+                continue
+            task = self.stepping = self.tasks.popleft()
+            if self._advance(task):
+                self.tasks.append(task)
+            self.stepping = None
+
+    def _advance(self, task):
+        """Run one model call for `task` off the hub and send what it produced; True if not done."""
+        try:
+            deltas = self.runner.run_blocking(self._model_call, task)
+        except Exception:  # the model failed: tell this client, keep serving the others
+            log.exception("generation failed for request %s", task.id)
+            self.emit(protocol.ERROR, {"id": task.id, "code": protocol.INTERNAL, "field": None,
+                                       "message": "the model failed while writing; please try again"}, to=task.sid)
+            return False
+        task.steps += 1
+        self._send_deltas(task, deltas)
+        if not task.generation.finished:
+            return True
+        self._send_deltas(task, self.engine.flush(task.generation))
+        self._finish(task)
+        return False
+
+    def _model_call(self, task):
+        """Runs in an OS thread: prefill and first token, or one more token."""
+        began = time.monotonic()
+        if task.started is None:
+            task.started = began
+        try:
+            if task.generation is None:
+                task.generation, deltas = self.engine.start(task.request.text, task.request.settings)
+                return deltas
+            return self.engine.step(task.generation)
+        finally:
+            task.model_seconds += time.monotonic() - began
+
+    def _send_deltas(self, task, deltas):
+        if any(deltas):
+            if task.first_delta is None:
+                task.first_delta = time.monotonic()
+            self.emit(protocol.DELTA, {"id": task.id, "deltas": deltas}, to=task.sid)
+
+    def _finish(self, task):
+        """Send `done` and keep the set so that a repeat TAB can continue it."""
+        generation = task.generation
+        now = time.monotonic()
+        stats = {
+            "prompt_tokens": len(generation.prompt_ids),
+            "truncated_tokens": generation.truncated,
+            "healed": generation.healed,
+            "steps": task.steps,
+            "queued_ms": _ms(task.received, task.started or now),
+            "first_delta_ms": _ms(task.received, task.first_delta) if task.first_delta else None,
+            "model_ms": round(task.model_seconds * 1000, 1),
+            "total_ms": _ms(task.received, now),
+        }
+        self.emit(protocol.DONE, {"id": task.id, "options": generation.texts(),
+                                  "finish": generation.finishes(), "stats": stats}, to=task.sid)
+        self._keep(task.sid, task.id, generation)
+
+    # ---- commands --------------------------------------------------------------------
+
+    def _apply_inbox(self):
+        while self.inbox:
+            kind, sid, argument = self.inbox.popleft()
+            if kind == "submit":
+                self._start(sid, argument)
+            elif kind == "cancel":
+                self._cancel_running(sid, only_id=argument)
+            elif kind == "disconnect":
+                self._forget(sid)
+
+    def _start(self, sid, request):
+        """A new request replaces the client's running one (one request in flight per client)."""
+        if isinstance(request, protocol.ExtendRequest):
+            self._start_extend(sid, request)
+            return
+        self._cancel_running(sid)
+        self.tasks.append(Task(sid, request.id, request))
+
+    def _start_extend(self, sid, request):
+        self._cancel_running(sid)  # a running parent stops where it is and becomes the base
+        generation = self.finished.pop((sid, request.parent), None)
+        if generation is None:
+            self.emit(protocol.ERROR, {"id": request.id, "code": protocol.UNKNOWN_PARENT, "field": "parent",
+                                       "message": f"no option set {request.parent!r} to extend; press TAB for a new one"},
+                      to=sid)
+            return
+        self.engine.extend(generation, request.settings)
+        self.tasks.append(Task(sid, request.id, request, generation=generation))
+
+    def _cancel_running(self, sid, only_id=None):
+        """Stop the client's running task, answer it with `done` (finish 'cancelled')."""
+        for task in list(self.tasks):
+            if task.sid == sid and (only_id is None or task.id == only_id):
+                self.tasks.remove(task)
+                if task.generation is None:  # never started: nothing to keep
+                    self.emit(protocol.DONE, {"id": task.id, "options": [], "finish": [], "stats": {}}, to=sid)
+                    continue
+                self.engine.cancel(task.generation)
+                self._finish(task)
+
+    def _forget(self, sid):
+        for task in [t for t in self.tasks if t.sid == sid]:
+            self.tasks.remove(task)
+        for key in [k for k in self.finished if k[0] == sid]:
+            del self.finished[key]
+
+    def _keep(self, sid, request_id, generation):
+        """Remember a finished set; drop old sets and release caches over the memory budget."""
+        self.finished[(sid, request_id)] = generation
+        own = [k for k in self.finished if k[0] == sid]
+        for key in own[: max(0, len(own) - self.keep_sets)]:
+            del self.finished[key]
+        total = sum(g.cache_bytes() for g in self.finished.values())
+        for old in self.finished.values():  # oldest first
+            if total <= self.kv_budget_bytes:
+                break
+            total -= old.cache_bytes()
+            self.engine.release(old)  # extend still works: it re-reads prompt and options
+
+    # ---- figures for the status bar and /healthz -----------------------------------
+
+    def load(self):
+        """How busy the scheduler is right now."""
+        return {"running": len(self.tasks) + (self.stepping is not None), "waiting": len(self.inbox)}
+
+
+def _ms(start, end):
+    return round((end - start) * 1000, 1)

@@ -1,0 +1,32 @@
+"""HTTP: the editor page, /healthz, and the Socket.IO client from node_modules."""
+from pathlib import Path
+
+from flask import Blueprint, abort, current_app, jsonify, render_template, send_from_directory
+
+from .protocol import RANGES, SamplingSettings
+
+views = Blueprint("views", __name__)
+
+SOCKET_IO_DIST = Path(__file__).resolve().parent.parent / "node_modules" / "socket.io-client" / "dist"
+
+
+@views.get("/")
+def index():
+    """The editor."""
+    return render_template("index.html", defaults=SamplingSettings(), ranges=RANGES,
+                           status=current_app.extensions["tabwrite"].status())
+
+
+@views.get("/healthz")
+def healthz():
+    """Whether the model is ready, and which model, device and dtype serve."""
+    loader = current_app.extensions["tabwrite"]
+    return jsonify({**loader.status(), "queue": loader.scheduler.load()})
+
+
+@views.get("/vendor/socket.io/<path:filename>")
+def socket_io_client(filename):
+    """The npm-installed socket.io-client, served as is (run `npm ci` first)."""
+    if not SOCKET_IO_DIST.is_dir():
+        abort(404, "socket.io-client is not installed: run `npm ci` (make run does it)")
+    return send_from_directory(SOCKET_IO_DIST, filename)
