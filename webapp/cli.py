@@ -8,7 +8,7 @@ import warnings
 from . import config as settings  # plain Python: safe to import before eventlet patches
 
 
-def parse_args(argv=None):
+def build_parser():
     """Flags override TABWRITE_* environment variables, which override the defaults."""
     env = {**settings.DEFAULTS, **settings.from_env()}
     parser = argparse.ArgumentParser(prog="tabwrite", description="Write with a language model: press TAB.")
@@ -20,7 +20,7 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
     parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None):
@@ -30,7 +30,7 @@ def main(argv=None):
         import eventlet
 
     eventlet.monkey_patch()  # before Flask, torch or anything else opens sockets or threads
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import create_app
     from .models import ModelError
