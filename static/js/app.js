@@ -132,7 +132,8 @@ function onError({ id, code, message }) {
 
 function openPopup() {
   popup.render(sets[current], current, sets.length);
-  popup.open(editor.caretPosition(), $("editorWrap").clientWidth);
+  const wrap = $("editorWrap");
+  popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
   editor.textarea.setAttribute("aria-expanded", "true");
 }
 
@@ -198,6 +199,7 @@ function saveDocument() {
   storage.saveDocument(editor.text, editor.caret);
 }
 editor.textarea.addEventListener("input", () => {
+  if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
 });

@@ -26,12 +26,15 @@ export class SuggestionsPopup {
     return !this.el.hidden;
   }
 
-  open(position, containerWidth) {
+  // Show the popup under the caret line, or above it when there is no room below.
+  open(position, containerWidth, containerHeight) {
     this.el.hidden = false;
-    const width = this.el.offsetWidth;
-    const left = Math.max(8, Math.min(position.left, containerWidth - width - 8));
+    const left = Math.max(8, Math.min(position.left, containerWidth - this.el.offsetWidth - 8));
+    const below = position.top + position.lineHeight + 4;
+    const fitsBelow = below + this.el.offsetHeight <= containerHeight || position.top < containerHeight / 2;
     this.el.style.left = `${left}px`;
-    this.el.style.top = `${position.top + position.lineHeight + 4}px`;
+    this.el.style.top = fitsBelow ? `${below}px` : "";
+    this.el.style.bottom = fitsBelow ? "" : `${containerHeight - position.top + 4}px`;
   }
 
   close() {
