@@ -3,7 +3,10 @@
 Tests that must catch a request while it is still running use the embedded model
 and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 """
+import dataclasses
+
 import pytest
+import torch
 
 from conftest import connect, make_app, payloads, wait_for
 
@@ -193,3 +196,38 @@ def test_page_has_the_editor_and_settings(tiny_app):
     for name in ("n", "temperature", "top_k", "top_p", "length"):
         assert f'name="{name}"' in html
     assert "/vendor/socket.io/socket.io.min.js" in html
+
+
+class FailingModel(torch.nn.Module):
+    """The one stub here: a model that raises on its third forward pass, as a broken GPU might."""
+
+    def __init__(self, model, fail_on_call=3):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def forward(self, **inputs):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("simulated device failure")
+        return self.model(**inputs)
+
+
+def test_a_model_failure_mid_stream_is_an_error_and_the_next_request_works(tiny, caplog):
+    app = make_app(dataclasses.replace(tiny, model=FailingModel(tiny.model)))
+    try:
+        client = connect(app)
+        client.emit("suggest", {"id": "boom", "text": "hello", "settings": {**GREEDY, "length": 10}})
+        events = wait_for(client, "boom", event="error")
+        [error] = payloads(events, "error", "boom")
+        assert error["code"] == "internal"
+        assert payloads(events, "delta", "boom"), "the failure came mid-stream, after some text"
+        assert "simulated device failure" in caplog.text
+        client.emit("suggest", {"id": "fine", "text": "hello", "settings": {**GREEDY, "length": 4}})
+        [done] = payloads(wait_for(client, "fine"), "done", "fine")
+        assert len(done["options"]) == 3
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()

@@ -69,3 +69,18 @@ def test_devices_and_dtypes():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_a_model_in_the_hub_cache_loads_offline(offline, tmp_path, embedded):
+    # lay out a Hugging Face cache entry by hand, as a past download would have left it
+    repo = tmp_path / "hub" / "models--classroom--tiny-gpt2"
+    snapshot = repo / "snapshots" / "0123abcd"
+    build_tiny_gpt2(embedded.tokenizer).save_pretrained(snapshot)
+    embedded.tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    spec = resolve_model("classroom/tiny-gpt2")
+    assert spec.source == "hub" and spec.offline
+    loaded = load_model(spec, device="cpu")
+    assert loaded.name == "classroom/tiny-gpt2"
+    assert loaded.model.config.n_layer == 2

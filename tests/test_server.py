@@ -35,6 +35,13 @@ class Recorder:
         assert found, f"no {event} for {request_id}: {self.events[-5:]}"
         return found
 
+    def first(self, event, timeout=WAIT):
+        """Block until any `event` arrives; return its payload."""
+        with self.arrived:
+            found = self.arrived.wait_for(lambda: next((d for _, e, d in self.events if e == event), None), timeout)
+        assert found is not None, f"no {event}: {self.events[-5:]}"
+        return found
+
     def find(self, event, request_id):
         return next(((t, d) for t, e, d in self.events
                      if e == event and isinstance(d, dict) and d.get("id") == request_id), None)
@@ -112,3 +119,28 @@ def test_an_unknown_model_stops_start_up_with_advice():
     assert result.returncode == 2
     assert "nobody/no-such-model" in result.stderr
     assert "--model embedded" in result.stderr
+
+
+def test_while_the_model_loads_the_server_answers_and_queues_requests(slow_model_dir):
+    server = RunningServer(slow_model_dir)
+    try:
+        first_answer = None
+        deadline = time.monotonic() + WAIT
+        while first_answer is None and time.monotonic() < deadline:
+            try:
+                first_answer = requests.get(server.url + "/healthz", timeout=2).json()
+            except requests.ConnectionError:
+                time.sleep(0.02)
+        assert first_answer["ready"] is False and first_answer["loading"] is True
+        early = Recorder(server.url)
+        try:
+            assert early.first("status")["ready"] is False
+            early.client.emit("suggest", {"id": "early", "text": "Hello", "settings": {"length": 2}})
+            done_at, done = early.wait("done", "early")
+            ready_at = next(t for t, e, d in early.events if e == "status" and d["ready"])
+            assert ready_at < done_at
+            assert len(done["options"]) == 3
+        finally:
+            early.close()
+    finally:
+        server.stop()

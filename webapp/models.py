@@ -30,6 +30,7 @@ class ModelSpec:
     location: str  # Hub id or local directory handed to from_pretrained
     source: str  # "hub", "local" or "embedded"
     warning: str | None = None  # shown in the log and the status bar (e.g. a fallback)
+    offline: bool = False  # load from the Hugging Face cache only (the Hub is out of reach)
 
 
 @dataclass
@@ -57,8 +58,9 @@ def resolve_model(requested):
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json: save the model there with save_pretrained() first.")
         return ModelSpec(path.name, str(path), "local")
-    if _in_hub_cache(requested) or hub_reachable():
-        return ModelSpec(requested, requested, "hub")
+    spec = _hub_spec(requested)
+    if spec:
+        return spec
     raise ModelError(
         f"model {requested!r} is not a local directory, is not in the Hugging Face cache, "
         "and the Hugging Face Hub cannot be reached. Connect to the internet once to download it, "
@@ -66,9 +68,20 @@ def resolve_model(requested):
     )
 
 
+def _hub_spec(model_id):
+    """A spec for a Hub model that can be downloaded, or read from the cache; None otherwise."""
+    if hub_reachable():
+        return ModelSpec(model_id, model_id, "hub")
+    if _in_hub_cache(model_id):
+        # without this, transformers retries the Hub for half a minute before using the cache
+        return ModelSpec(model_id, model_id, "hub", offline=True)
+    return None
+
+
 def _resolve_auto():
-    if _in_hub_cache(DEFAULT_HUB_MODEL) or hub_reachable():
-        return ModelSpec(DEFAULT_HUB_MODEL, DEFAULT_HUB_MODEL, "hub")
+    spec = _hub_spec(DEFAULT_HUB_MODEL)
+    if spec:
+        return spec
     warning = (
         f"{DEFAULT_HUB_MODEL} is not in the Hugging Face cache and the Hub cannot be reached: "
         f"serving the small embedded model instead ({EMBEDDED_NAME}). Its options are weaker."
@@ -191,8 +204,8 @@ def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=N
     if spec.source == EMBEDDED:
         location = str(ensure_embedded(cache_root or Path.home() / ".cache" / "tabwrite"))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=spec.offline)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=spec.offline)
     except (OSError, ValueError) as error:
         raise ModelError(f"could not load model {spec.name!r} from {location}: {error}") from error
     model.to(device).eval()
