@@ -135,6 +135,8 @@ class Engine:
         """Begin another step on every option that can go on; the next `step` writes it."""
         settings = dataclasses.replace(generation.settings, **(overrides or {}))
         generation.settings = settings
+        if (overrides or {}).get("seed") is not None:
+            generation.generator.manual_seed(settings.seed)
         generation.stop = self._stop_rule(settings)
         for option in generation.options:
             if option.finish not in ("eos", "context"):
@@ -168,14 +170,14 @@ class Engine:
         truncated = max(0, len(ids) - budget)
         ids = ids[truncated:] or [self.start_id]
         kept, healed_piece = self._heal(ids)
-        skip = len(self._decode([ids[-1]])) if healed_piece else 0
+        healed = self._decode([ids[-1]]) if healed_piece else ""
         context = kept[-DETOKENIZER_CONTEXT:]
-        options = [Option(StreamingDetokenizer(self.tokenizer, context, skip_chars=skip), healed_piece)
+        options = [Option(StreamingDetokenizer(self.tokenizer, context, skip_chars=len(healed)), healed_piece)
                    for _ in range(settings.n)]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
         return Generation(settings, kept, options, generator, self._stop_rule(settings),
-                          truncated=truncated, healed=self._decode([ids[-1]]) if healed_piece else "")
+                          truncated=truncated, healed=healed)
 
     def _heal(self, ids):
         kept, piece = self.healer.split_prompt(ids)

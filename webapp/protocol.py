@@ -118,11 +118,8 @@ class SuggestRequest:
         if len(text) > max_text_chars:
             raise ProtocolError(f"text must be at most {max_text_chars} characters (got {len(text)})", "text")
         settings = payload.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise ProtocolError("settings must be an object", "settings")
-        settings = dict(settings)
-        if "n" in payload:  # `n` may sit beside the settings, as in the design
-            settings.setdefault("n", payload["n"])
+        if "n" in payload and isinstance(settings, dict):  # `n` may sit beside the settings, as in the design
+            settings = {"n": payload["n"], **settings}
         return cls(id=_check_id(payload), text=text, settings=SamplingSettings.from_payload(settings))
 
 
@@ -142,10 +139,11 @@ class ExtendRequest:
         if not isinstance(parent, (str, int)) or isinstance(parent, bool):
             raise ProtocolError("parent must be the id of an earlier suggest", "parent")
         overrides = payload.get("settings") or {}
-        SamplingSettings.from_payload(overrides)  # validate only
+        typed = SamplingSettings.from_payload(overrides)
         if "n" in overrides:
             raise ProtocolError("extend keeps the parent's number of options; n cannot change", "settings.n")
-        return cls(id=_check_id(payload), parent=str(parent), settings=dict(overrides))
+        return cls(id=_check_id(payload), parent=str(parent),
+                   settings={name: getattr(typed, name) for name in overrides})
 
 
 @dataclass(frozen=True)
