@@ -31,6 +31,9 @@ def page(browser, embedded_server):
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("dialog", lambda dialog: (page.errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    page.socket_frames = []  # Socket.IO frames both ways, e.g. '42["cancel",{"id":"…"}]'
+    record = lambda frame: page.socket_frames.append(frame)  # noqa: E731 (Playwright wants a Python function)
+    page.on("websocket", lambda ws: (ws.on("framesent", record), ws.on("framereceived", record)))
     page.goto(embedded_server.url)
     page.locator("#status .status-connection[data-state=connected]").wait_for()
     yield page
@@ -58,7 +61,8 @@ def options(page):
 
 
 def option_texts(page):
-    return options(page).locator(".option-text").all_text_contents()
+    """The options as text (the popup shows each line break as ↵ before it)."""
+    return [text.replace("\u21b5\n", "\n") for text in options(page).locator(".option-text").all_text_contents()]
 
 
 def wait_until_done(page):
@@ -109,7 +113,17 @@ def test_shift_tab_makes_a_fresh_set_and_the_old_one_stays(page):
     assert option_texts(page) == first
 
 
+def wait_for_frame(page, *parts):
+    """Wait until a Socket.IO frame containing every one of `parts` has gone either way."""
+    for _ in range(TIMEOUT_MS // 50):
+        if any(isinstance(f, str) and all(p in f for p in parts) for f in page.socket_frames):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"no frame with {parts}: {page.socket_frames[-5:]}")
+
+
 def test_escape_closes_and_typing_cancels(page):
+    set_settings(page, {"length": "64", "stop_at": "length"})  # seconds of work, so there is something to stop
     editor = write(page, "Once upon a time")
     editor.press("Tab")
     listbox = page.get_by_role("listbox", name="Suggestions")
@@ -118,10 +132,12 @@ def test_escape_closes_and_typing_cancels(page):
     listbox.wait_for(state="hidden")
     assert editor.input_value() == "Once upon a time"
     editor.press("Tab")
-    listbox.wait_for()
-    editor.press("!")  # typing moves on: the popup closes, the key is typed
+    page.wait_for_function("[...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
+    editor.press("!")  # typing moves on: the popup closes, the key is typed, the request stops
     listbox.wait_for(state="hidden")
     assert editor.input_value() == "Once upon a time!"
+    wait_for_frame(page, '"cancel"')
+    wait_for_frame(page, '"done"', '"cancelled"')
 
 
 def test_click_accepts_and_reload_keeps_the_text(page):

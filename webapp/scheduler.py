@@ -178,7 +178,7 @@ class Scheduler:
         generation = self.finished.pop((sid, request.parent), None)
         if generation is None:
             self.emit(protocol.ERROR, {"id": request.id, "code": protocol.UNKNOWN_PARENT, "field": "parent",
-                                       "message": f"no option set {request.parent!r} to extend; press TAB for a new one"},
+                                       "message": f"no option set {request.parent!r} to extend; press Shift+Tab for new options"},
                       to=sid)
             return
         self.engine.extend(generation, request.settings)

@@ -70,11 +70,11 @@ export class SuggestionsPopup {
     return item;
   }
 
-  // Model text only ever enters the page through textContent.
+  // Model text only ever enters the page through textContent; line breaks are shown as ↵.
   updateOption(i, text, finish, streaming) {
     const item = this.items[i];
     if (!item) return;
-    item.querySelector(".option-text").textContent = text;
+    item.querySelector(".option-text").textContent = text.replace(/\n/g, "\u21b5\n");
     const note = streaming ? "writing…" : FINISH_LABELS[finish] ?? "";
     item.querySelector(".option-note").textContent = note;
     item.classList.toggle("streaming", Boolean(streaming));
