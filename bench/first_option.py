@@ -100,7 +100,7 @@ def measure_socket(url, texts, n, length):
         sent = time.perf_counter()
         client.emit("suggest", {"id": request_id, "text": text, "settings": settings})
         with arrived:
-            arrived.wait_for(lambda: any(e == "done" and d["id"] == request_id for _, e, d in events), 120)
+            arrived.wait_for(lambda rid=request_id: any(e == "done" and d["id"] == rid for _, e, d in events), 120)
         deltas = [t for t, e, d in events if e == "delta"]
         done_at, done = next((t, d) for t, e, d in events if e == "done")
         new_tokens = done["stats"]["steps"] * n

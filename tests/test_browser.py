@@ -183,7 +183,8 @@ def test_status_bar_shows_model_device_warning_and_timing(page):
 
 def test_a_bad_setting_shows_the_servers_message(page):
     # a hand-edited value outside the range: the server names the field, the page shows it
-    page.eval_on_selector("#setting-top_k", "el => { el.max = 5000; el.value = 5000; el.dispatchEvent(new Event('input')); }")
+    page.eval_on_selector("#setting-top_k",
+                          "el => { el.max = 5000; el.value = 5000; el.dispatchEvent(new Event('input')); }")
     editor = write(page, "Hello")
     editor.press("Tab")
     page.get_by_role("alert").filter(has_text="settings.top_k must be an integer from 0 to 1000").wait_for()

@@ -99,7 +99,8 @@ def test_hub_answers_a_second_client_while_the_first_one_generates(slow_model_di
 
 def test_disconnect_mid_stream_frees_the_model(embedded_server):
     leaving = Recorder(embedded_server.url)
-    leaving.client.emit("suggest", {"id": "bye", "text": "Long story:", "settings": {"length": 64, "stop_at": "length"}})
+    long_request = {"id": "bye", "text": "Long story:", "settings": {"length": 64, "stop_at": "length"}}
+    leaving.client.emit("suggest", long_request)
     leaving.wait("delta", "bye")
     leaving.close()
     staying = Recorder(embedded_server.url)

@@ -7,7 +7,6 @@ again ("Ġbeaut" -> "Ġbeautiful", or "Ġbe" then "aut..."). The same rule keeps
 prompt that ends in a space from getting a doubled space.
 """
 import bisect
-import functools
 
 import torch
 
@@ -26,6 +25,7 @@ class TokenHealer:
                 self.token_of[token_id] = piece
         self.id_of = {piece: token_id for token_id, piece in self.token_of.items()}
         self.sorted_pieces = sorted(self.id_of)
+        self._allowed = {}  # remaining text -> allowed ids; prompts end in few distinct tokens
 
     def split_prompt(self, prompt_ids, min_keep=1):
         """Return (ids to keep, raw piece to re-generate); the piece is '' when nothing is healed."""
@@ -36,9 +36,13 @@ class TokenHealer:
             return list(prompt_ids), ""
         return list(prompt_ids[:-1]), piece
 
-    @functools.lru_cache(maxsize=256)
     def allowed_ids(self, remaining):
-        """Ids of tokens that start with `remaining` or are a leading part of it."""
+        """Ids of tokens that start with `remaining` or are a leading part of it (cached per text)."""
+        if remaining not in self._allowed:
+            self._allowed[remaining] = self._find_allowed(remaining)
+        return self._allowed[remaining]
+
+    def _find_allowed(self, remaining):
         start = bisect.bisect_left(self.sorted_pieces, remaining)
         allowed = []
         for piece in self.sorted_pieces[start:]:

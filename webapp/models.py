@@ -195,7 +195,6 @@ def pick_dtype(requested, device):
 
 def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=None):
     """Read the weights of `spec` onto the device; Hub downloads show progress in the terminal."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)

@@ -77,7 +77,8 @@ class SamplingSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
-            raise ProtocolError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}", f"settings.{unknown[0]}")
+            raise ProtocolError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}",
+                                f"settings.{unknown[0]}")
         values = {}
         for name, value in payload.items():
             if name == "stop_at":

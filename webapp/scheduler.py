@@ -177,9 +177,9 @@ class Scheduler:
         self._cancel_running(sid)  # a running parent stops where it is and becomes the base
         generation = self.finished.pop((sid, request.parent), None)
         if generation is None:
+            message = f"no option set {request.parent!r} to extend; press Shift+Tab for new options"
             self.emit(protocol.ERROR, {"id": request.id, "code": protocol.UNKNOWN_PARENT, "field": "parent",
-                                       "message": f"no option set {request.parent!r} to extend; press Shift+Tab for new options"},
-                      to=sid)
+                                       "message": message}, to=sid)
             return
         self.engine.extend(generation, request.settings)
         self.tasks.append(Task(sid, request.id, request, generation=generation))
