@@ -18,6 +18,7 @@ def create_app(config=None, model=None):
     from .concurrency import Runner
     from .events import register_events
     from .loader import ModelLoader
+    from .protocol import STATUS
     from .scheduler import Scheduler
     from .views import views
 
@@ -32,7 +33,7 @@ def create_app(config=None, model=None):
     runner = Runner(socketio)
     scheduler = Scheduler(runner, socketio.emit, max_queue=app.config["MAX_QUEUE"],
                           kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"])
-    loader = ModelLoader(app.config, runner, scheduler, on_change=lambda status: socketio.emit("status", status))
+    loader = ModelLoader(app.config, runner, scheduler, on_change=lambda status: socketio.emit(STATUS, status))
     app.extensions["tabwrite"] = loader
     register_events(socketio, scheduler, loader, app.config["MAX_TEXT_CHARS"])
     app.register_blueprint(views)

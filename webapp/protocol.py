@@ -159,6 +159,16 @@ class CancelRequest:
         return cls(id=_check_id(_check_object(payload)))
 
 
+def delta_payload(request_id, deltas):
+    """`delta`: new text per option since the last event, in option order."""
+    return {"id": request_id, "deltas": deltas}
+
+
+def done_payload(request_id, options, finish, stats):
+    """`done`: the whole text of every option, why each stopped, and timings."""
+    return {"id": request_id, "options": options, "finish": finish, "stats": stats}
+
+
 def error_payload(request_id, error):
     """Shape a ProtocolError as the `error` event's payload."""
     return {"id": request_id, "code": error.code, "message": str(error), "field": error.field}

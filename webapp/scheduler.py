@@ -105,8 +105,8 @@ class Scheduler:
             deltas = self.runner.run_blocking(self._model_call, task)
         except Exception:  # the model failed: tell this client, keep serving the others
             log.exception("generation failed for request %s", task.id)
-            self.emit(protocol.ERROR, {"id": task.id, "code": protocol.INTERNAL, "field": None,
-                                       "message": "the model failed while writing; please try again"}, to=task.sid)
+            error = ProtocolError("the model failed while writing; please try again", code=protocol.INTERNAL)
+            self.emit(protocol.ERROR, protocol.error_payload(task.id, error), to=task.sid)
             return False
         task.steps += 1
         self._send_deltas(task, deltas)
@@ -133,7 +133,7 @@ class Scheduler:
         if any(deltas):
             if task.first_delta is None:
                 task.first_delta = time.monotonic()
-            self.emit(protocol.DELTA, {"id": task.id, "deltas": deltas}, to=task.sid)
+            self.emit(protocol.DELTA, protocol.delta_payload(task.id, deltas), to=task.sid)
 
     def _finish(self, task):
         """Send `done` and keep the set so that a repeat TAB can continue it."""
@@ -149,8 +149,8 @@ class Scheduler:
             "model_ms": round(task.model_seconds * 1000, 1),
             "total_ms": _ms(task.received, now),
         }
-        self.emit(protocol.DONE, {"id": task.id, "options": generation.texts(),
-                                  "finish": generation.finishes(), "stats": stats}, to=task.sid)
+        self.emit(protocol.DONE, protocol.done_payload(task.id, generation.texts(), generation.finishes(), stats),
+                  to=task.sid)
         self._keep(task.sid, task.id, generation)
 
     # ---- commands --------------------------------------------------------------------
@@ -178,8 +178,8 @@ class Scheduler:
         generation = self.finished.pop((sid, request.parent), None)
         if generation is None:
             message = f"no option set {request.parent!r} to extend; press Shift+Tab for new options"
-            self.emit(protocol.ERROR, {"id": request.id, "code": protocol.UNKNOWN_PARENT, "field": "parent",
-                                       "message": message}, to=sid)
+            error = ProtocolError(message, "parent", code=protocol.UNKNOWN_PARENT)
+            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
             return
         self.engine.extend(generation, request.settings)
         self.tasks.append(Task(sid, request.id, request, generation=generation))
@@ -190,7 +190,7 @@ class Scheduler:
             if task.sid == sid and (only_id is None or task.id == only_id):
                 self.tasks.remove(task)
                 if task.generation is None:  # never started: nothing to keep
-                    self.emit(protocol.DONE, {"id": task.id, "options": [], "finish": [], "stats": {}}, to=sid)
+                    self.emit(protocol.DONE, protocol.done_payload(task.id, [], [], {}), to=sid)
                     continue
                 self.engine.cancel(task.generation)
                 self._finish(task)
