@@ -92,8 +92,8 @@ class Engine:
         """Read the prompt once, share it across `settings.n` options, and sample their first tokens."""
         generation = self.prepare(text, settings)
         prompt = torch.tensor([generation.prompt_ids], device=self.device)
-        # prefill: one pass over the prompt, batch of 1
-        out = self.model(input_ids=prompt, use_cache=True)
+        # prefill: one pass over the prompt, batch of 1; vocabulary logits for the last position only
+        out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         cache = out.cache
         # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
         cache.batch_repeat_interleave(settings.n)
@@ -243,7 +243,7 @@ class Engine:
             ids[i, width - len(row):] = torch.tensor(row, device=self.device)
             mask[i, width - len(row):] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         generation.cache = out.cache
         generation.mask = mask
         generation.positions = mask.sum(dim=1)
