@@ -34,6 +34,8 @@ def page(browser, embedded_server):
     page.socket_frames = []  # Socket.IO frames both ways, e.g. '42["cancel",{"id":"…"}]'
     record = lambda frame: page.socket_frames.append(frame)  # noqa: E731 (Playwright wants a Python function)
     page.on("websocket", lambda ws: (ws.on("framesent", record), ws.on("framereceived", record)))
+    page.on("response", lambda response: response.status >= 400
+            and page.errors.append(f"HTTP {response.status} for {response.url}"))
     page.goto(embedded_server.url)
     page.locator("#status .status-connection[data-state=connected]").wait_for()
     yield page
