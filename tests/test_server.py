@@ -7,6 +7,7 @@ import time
 import pytest
 import requests
 import socketio
+import torch
 
 from conftest import ROOT, WAIT, RunningServer, build_tiny_gpt2
 
@@ -145,3 +146,12 @@ def test_while_the_model_loads_the_server_answers_and_queues_requests(slow_model
             early.close()
     finally:
         server.stop()
+
+
+def test_a_device_that_is_not_there_stops_start_up():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, "-m", "webapp", "--model", "embedded", "--device", "cuda", "--port", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 2
+    assert "no CUDA GPU" in result.stderr and "--device cpu" in result.stderr

@@ -4,7 +4,7 @@ import time
 
 from . import config as settings
 from .engine import Engine
-from .models import ModelError, load_model, resolve_model
+from .models import ModelError, load_model, pick_device, pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,15 @@ class ModelLoader:
         self.loaded = None
         self.spec = None
         self.error = None
-        self.load_seconds = None
 
     def start(self, model=None):
         """Use `model` now, or resolve the configured one (failing fast) and load it in the background."""
         if model is not None:
             self._ready(Engine(model), 0.0)
             return
-        self.spec = resolve_model(self.config["MODEL"])  # ModelError here stops start-up
+        # a ModelError here stops start-up: a bad name, device or dtype never waits for the weights
+        self.spec = resolve_model(self.config["MODEL"])
+        pick_dtype(self.config["DTYPE"], pick_device(self.config["DEVICE"]))
         self.runner.spawn(self._load)
 
     def _load(self):
@@ -38,7 +39,7 @@ class ModelLoader:
             loaded = self.runner.run_blocking(
                 load_model, self.spec, self.config["DEVICE"], self.config["DTYPE"],
                 self.config["MAX_CONTEXT"], settings.cache_dir(self.config))
-            engine = Engine(loaded)
+            engine = self.runner.run_blocking(Engine, loaded)
             self.runner.run_blocking(engine.warm_up)
         except ModelError as error:
             self._failed(str(error))
@@ -51,7 +52,6 @@ class ModelLoader:
 
     def _ready(self, engine, seconds):
         loaded = self.loaded = engine.loaded
-        self.load_seconds = round(seconds, 1)
         log.info("model ready: %s on %s (%s) in %.1f s", loaded.name, loaded.device, loaded.dtype, seconds)
         self.scheduler.attach(engine)
         self.on_change(self.status())
