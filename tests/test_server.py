@@ -130,7 +130,7 @@ def test_while_the_model_loads_the_server_answers_and_queues_requests(slow_model
         deadline = time.monotonic() + WAIT
         while first_answer is None and time.monotonic() < deadline:
             try:
-                first_answer = requests.get(server.url + "/healthz", timeout=2).json()
+                first_answer = requests.get(server.url + "/healthz", timeout=WAIT).json()
             except requests.ConnectionError:
                 time.sleep(0.02)
         assert first_answer["ready"] is False and first_answer["loading"] is True
