@@ -159,3 +159,15 @@ def test_cancel_stops_where_it_is_and_extend_resumes(engine):
     engine.extend(generation, {"length": 3})
     finish_step(engine, generation)
     assert len(generation.options[0].tokens) == 5
+
+
+def test_the_time_budget_counts_writing_not_reading(engine):
+    # a budget far shorter than reading this prompt still leaves every option its first token
+    words = " ".join(f"word{i}" for i in range(600))
+    settings = SamplingSettings(n=2, temperature=0, length=64, stop_at="length", max_time=0.1)
+    generation, _ = engine.start(words, settings)  # reading ~500 tokens takes several times 0.1 s
+    assert generation.finishes() == [None, None]
+    while not generation.finished:
+        engine.step(generation)
+    assert generation.finishes() == ["time", "time"]
+    assert all(len(option.tokens) < 64 for option in generation.options)

@@ -101,6 +101,8 @@ class Engine:
         generation.mask = torch.ones((settings.n, prompt.shape[1]), dtype=torch.long, device=self.device)
         generation.positions = torch.full((settings.n,), prompt.shape[1], dtype=torch.long, device=self.device)
         logits = out.logits[:, -1, :].expand(settings.n, -1)
+        # the time budget is for writing: a long prompt on a slow CPU must not use it all up
+        generation.stop = self._stop_rule(settings)
         return generation, self._sample(generation, logits)
 
     @torch.inference_mode()

@@ -63,7 +63,7 @@ class SamplingSettings:
     top_k: int = 40  # sample only among the k likeliest tokens, 0 = no limit
     top_p: float = 0.95  # nucleus: smallest set of tokens whose probability reaches p, 1.0 = off
     length: int = 12  # new tokens per TAB (one "step"); repeat TAB adds another step
-    max_time: float = 3.0  # seconds one step may take before options stop where they are
+    max_time: float = 10.0  # seconds of writing per step (after reading the prompt); a safety cap
     stop_at: str = "sentence"  # end a step early at: "sentence", "paragraph", or only "length"
     seed: int | None = None  # fixed seed -> the same options for the same text and settings
 
