@@ -1,0 +1,39 @@
+"""The command line: flags over TABWRITE_* variables over defaults, and the installed script."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from webapp import config
+from webapp.cli import build_parser
+
+
+def test_defaults(monkeypatch):
+    for setting in config.SETTINGS:
+        monkeypatch.delenv(f"TABWRITE_{setting.name}", raising=False)
+    args = build_parser().parse_args([])
+    assert (args.model, args.host, args.port, args.device, args.dtype) == ("auto", "127.0.0.1", 5000, "auto", "auto")
+
+
+def test_environment_overrides_defaults_and_flags_override_both(monkeypatch):
+    monkeypatch.setenv("TABWRITE_PORT", "6123")
+    monkeypatch.setenv("TABWRITE_MODEL", "gpt2")
+    args = build_parser().parse_args([])
+    assert args.port == 6123 and args.model == "gpt2"
+    args = build_parser().parse_args(["--port", "7000", "--model", "embedded"])
+    assert args.port == 7000 and args.model == "embedded"
+
+
+def test_environment_values_are_typed_like_their_defaults():
+    found = config.from_env({"TABWRITE_MAX_QUEUE": "5", "TABWRITE_HOST": "0.0.0.0", "OTHER": "x"})
+    assert found == {"MAX_QUEUE": 5, "HOST": "0.0.0.0"}
+
+
+def test_the_installed_script_and_the_module_agree():
+    script = shutil.which("tabwrite", path=str(Path(sys.executable).parent))
+    assert script, "pip install -e . puts `tabwrite` beside the Python that runs the tests"
+    by_script = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    by_module = subprocess.run([sys.executable, "-m", "webapp", "--help"], capture_output=True, text=True, timeout=60)
+    assert by_script.returncode == by_module.returncode == 0
+    assert "--model" in by_script.stdout
+    assert by_script.stdout.split("\n", 1)[1] == by_module.stdout.split("\n", 1)[1]
