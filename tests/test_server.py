@@ -134,6 +134,7 @@ def test_while_the_model_loads_the_server_answers_and_queues_requests(slow_model
             except requests.ConnectionError:
                 time.sleep(0.02)
         assert first_answer["ready"] is False and first_answer["loading"] is True
+        assert first_answer["device"] == "cpu" and first_answer["dtype"] == "float32"
         early = Recorder(server.url)
         try:
             assert early.first("status")["ready"] is False

@@ -22,6 +22,7 @@ class ModelLoader:
         self.loaded = None
         self.spec = None
         self.error = None
+        self.device = self.dtype = None  # resolved at start-up, shown while the model loads
 
     def start(self, model=None):
         """Use `model` now, or resolve the configured one (failing fast) and load it in the background."""
@@ -30,14 +31,15 @@ class ModelLoader:
             return
         # a ModelError here stops start-up: a bad name, device or dtype never waits for the weights
         self.spec = resolve_model(self.config["MODEL"])
-        pick_dtype(self.config["DTYPE"], pick_device(self.config["DEVICE"]))
+        self.device = pick_device(self.config["DEVICE"])
+        self.dtype = str(pick_dtype(self.config["DTYPE"], self.device)).removeprefix("torch.")
         self.runner.spawn(self._load)
 
     def _load(self):
         started = time.monotonic()
         try:
             loaded = self.runner.run_blocking(
-                load_model, self.spec, self.config["DEVICE"], self.config["DTYPE"],
+                load_model, self.spec, self.device, self.dtype,
                 self.config["MAX_CONTEXT"], settings.cache_dir(self.config))
             engine = self.runner.run_blocking(Engine, loaded)
             self.runner.run_blocking(engine.warm_up)
@@ -71,5 +73,5 @@ class ModelLoader:
                     "dtype": model.dtype, "max_context": model.max_context, "warning": model.warning,
                     "error": None}
         return {"ready": False, "loading": self.error is None, "model": self.spec.name if self.spec else None,
-                "device": self.config["DEVICE"], "dtype": self.config["DTYPE"], "max_context": None,
+                "device": self.device, "dtype": self.dtype, "max_context": None,
                 "warning": self.spec.warning if self.spec else None, "error": self.error}
