@@ -32,7 +32,10 @@ def page(browser, embedded_server):
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("dialog", lambda dialog: (page.errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     page.socket_frames = []  # Socket.IO frames both ways, e.g. '42["cancel",{"id":"…"}]'
-    record = lambda frame: page.socket_frames.append(frame)  # noqa: E731 (Playwright wants a Python function)
+
+    def record(frame):  # Playwright wants a Python function, not a bound built-in
+        page.socket_frames.append(frame)
+
     page.on("websocket", lambda ws: (ws.on("framesent", record), ws.on("framereceived", record)))
     page.on("response", lambda response: response.status >= 400
             and page.errors.append(f"HTTP {response.status} for {response.url}"))
