@@ -43,7 +43,7 @@ class Generation:
     prompt_ids: list  # what the model reads before the options (after truncation and healing)
     options: list
     generator: torch.Generator
-    stop: StepStop
+    stop: StepStop | None = None  # set when writing starts, after the prompt has been read
     truncated: int = 0  # prompt tokens dropped from the left to fit the context window
     healed: str = ""  # prompt text that was handed back to the model to re-spell
     cache: object = None  # transformers Cache holding prompt + fed tokens, batch = options
@@ -178,8 +178,7 @@ class Engine:
                    for _ in range(settings.n)]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
-        return Generation(settings, kept, options, generator, self._stop_rule(settings),
-                          truncated=truncated, healed=healed)
+        return Generation(settings, kept, options, generator, truncated=truncated, healed=healed)
 
     def _heal(self, ids):
         kept, piece = self.healer.split_prompt(ids)
