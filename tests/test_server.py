@@ -29,23 +29,16 @@ class Recorder:
             self.events.append((time.monotonic(), event, data))
             self.arrived.notify_all()
 
-    def wait(self, event, request_id, timeout=WAIT):
-        """Block until `event` for `request_id` arrives; return its arrival time and payload."""
+    def wait(self, event, request_id=None, timeout=WAIT):
+        """Block until `event` (for `request_id`, or any) arrives; return its arrival time and payload."""
         with self.arrived:
             found = self.arrived.wait_for(lambda: self.find(event, request_id), timeout)
         assert found, f"no {event} for {request_id}: {self.events[-5:]}"
         return found
 
-    def first(self, event, timeout=WAIT):
-        """Block until any `event` arrives; return its payload."""
-        with self.arrived:
-            found = self.arrived.wait_for(lambda: next((d for _, e, d in self.events if e == event), None), timeout)
-        assert found is not None, f"no {event}: {self.events[-5:]}"
-        return found
-
-    def find(self, event, request_id):
-        return next(((t, d) for t, e, d in self.events
-                     if e == event and isinstance(d, dict) and d.get("id") == request_id), None)
+    def find(self, event, request_id=None):
+        return next(((t, d) for t, e, d in self.events if e == event and isinstance(d, dict)
+                     and (request_id is None or d.get("id") == request_id)), None)
 
     def close(self):
         self.client.disconnect()
@@ -137,7 +130,8 @@ def test_while_the_model_loads_the_server_answers_and_queues_requests(slow_model
         assert first_answer["device"] == "cpu" and first_answer["dtype"] == "float32"
         early = Recorder(server.url)
         try:
-            assert early.first("status")["ready"] is False
+            _, status = early.wait("status")
+            assert status["ready"] is False
             early.client.emit("suggest", {"id": "early", "text": "Hello", "settings": {"length": 2}})
             done_at, done = early.wait("done", "early")
             ready_at = next(t for t, e, d in early.events if e == "status" and d["ready"])
