@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 ARGS ?=
 
-.PHONY: run test bench browser-deps clean
+.PHONY: run test bench load browser-deps clean
 
 run: $(VENV)/.app-installed node_modules/.package-lock.json
 	$(BIN)/tabwrite --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
@@ -20,6 +20,10 @@ test: $(VENV)/.test-installed node_modules/.package-lock.json browser-deps
 
 bench: $(VENV)/.app-installed node_modules/.package-lock.json
 	$(BIN)/python bench/first_option.py $(ARGS)
+
+# A simulated class (30 students by default) against a real server; see bench/load.py.
+load: $(VENV)/.test-installed node_modules/.package-lock.json
+	$(BIN)/python bench/load.py $(ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -3,11 +3,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
+import socketio
 import torch
 
 from webapp import create_app
@@ -44,9 +47,28 @@ def tiny(embedded):
     return wrap_model(model, embedded.tokenizer, "tiny-gpt2", max_context=256)
 
 
+class FailingModel(torch.nn.Module):
+    """The one stub here: a model that raises on its third forward pass, as a broken GPU might."""
+
+    def __init__(self, model, fail_on_call=3):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def forward(self, **inputs):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("simulated device failure")
+        return self.model(**inputs)
+
+
 def make_app(model, **config):
-    """A real app in threading mode (what Flask-SocketIO's test client drives)."""
-    return create_app({"ASYNC_MODE": "threading", **config}, model=model)
+    """A real app in threading mode (what Flask-SocketIO's test client drives), with its own database."""
+    database = Path(tempfile.mkdtemp(prefix="tabwrite-test-")) / "tabwrite.sqlite3"
+    return create_app({"ASYNC_MODE": "threading", "DATABASE": str(database), **config}, model=model)
 
 
 @pytest.fixture
@@ -95,18 +117,71 @@ def free_port():
         return s.getsockname()[1]
 
 
+class Recorder:
+    """A python-socketio client that timestamps every event it receives."""
+
+    def __init__(self, url, headers=None, origin=None, transports=("websocket",)):
+        """`origin` replaces the Origin header the websocket library sends (its own host by default)."""
+        self.events = []
+        self.arrived = threading.Condition()
+        options = {"websocket_extra_options": {"origin": origin}} if origin else {}
+        self.client = socketio.Client(reconnection=False, **options)
+        self.client.on("*", self._record)
+        self.client.connect(url, headers=headers or {}, transports=list(transports), wait_timeout=WAIT)
+
+    def _record(self, event, data):
+        with self.arrived:
+            self.events.append((time.monotonic(), event, data))
+            self.arrived.notify_all()
+
+    def wait(self, event, request_id=None, timeout=WAIT):
+        """Block until `event` (for `request_id`, or any) arrives; return its arrival time and payload."""
+        with self.arrived:
+            found = self.arrived.wait_for(lambda: self.find(event, request_id), timeout)
+        assert found, f"no {event} for {request_id}: {self.events[-5:]}"
+        return found
+
+    def find(self, event, request_id=None):
+        return next(((t, d) for t, e, d in self.events if e == event and isinstance(d, dict)
+                     and (request_id is None or d.get("id") == request_id)), None)
+
+    def close(self):
+        self.client.disconnect()
+        websocket = getattr(self.client.eio, "ws", None)
+        if websocket is not None:  # left open by the library when the server hung up first
+            websocket.shutdown()
+
+
+class ThreadedServer:
+    """An app built in this process (threading mode) served on a loopback port by Werkzeug."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.app.extensions["tabwrite"].scheduler.stop()
+
+
 class RunningServer:
     """`python -m webapp` in a subprocess on a loopback port, as a user starts it."""
 
-    def __init__(self, model, extra_env=None):
-        self.port = free_port()
+    def __init__(self, model, extra_env=None, args=(), port=None, database=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ARTIFACTS / f"server-{self.port}.log"
         ARTIFACTS.mkdir(exist_ok=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
-        with self.log.open("w") as log:  # the child keeps its own copy of the file handle
+        self.database = database or Path(tempfile.mkdtemp(prefix="tabwrite-server-")) / "tabwrite.sqlite3"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TABWRITE_DATABASE": str(self.database), **(extra_env or {})}
+        with self.log.open("a") as log:  # the child keeps its own copy of the file handle
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "webapp", "--model", str(model), "--port", str(self.port)],
+                [sys.executable, "-m", "webapp", "--model", str(model), "--port", str(self.port), *args],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout=WAIT):
@@ -137,3 +212,14 @@ def embedded_server(embedded):
     server = RunningServer("auto", {"HF_HOME": str(empty_hf_home)}).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Debian Chromium per browser test module (see browsing.py)."""
+    from browsing import CHROMIUM, CHROMIUM_ARGS, playwright_api
+
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

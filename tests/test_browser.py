@@ -1,77 +1,20 @@
 """The editor in Debian's Chromium, driven by Playwright, against a real server and model."""
-import shutil
-
 import pytest
 
+from browsing import TIMEOUT_MS, open_page, option_texts, options, set_settings, wait_until_done, write
 from conftest import ARTIFACTS
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000
 GREEDY = {"temperature": "0", "stop_at": "length", "length": "12"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser, embedded_server):
-    context = browser.new_context(viewport={"width": 1200, "height": 760})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.errors = []
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
-    page.on("dialog", lambda dialog: (page.errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
-    page.socket_frames = []  # Socket.IO frames both ways, e.g. '42["cancel",{"id":"…"}]'
-
-    def record(frame):  # Playwright wants a Python function, not a bound built-in
-        page.socket_frames.append(frame)
-
-    page.on("websocket", lambda ws: (ws.on("framesent", record), ws.on("framereceived", record)))
-    page.on("response", lambda response: response.status >= 400
-            and page.errors.append(f"HTTP {response.status} for {response.url}"))
-    page.goto(embedded_server.url)
-    page.locator("#status .status-connection[data-state=connected]").wait_for()
+    page = open_page(browser, embedded_server.url)
     yield page
     assert page.errors == []
-    context.close()
-
-
-def set_settings(page, values):
-    """Move the settings panel's controls as a user would, firing their input events."""
-    for name, value in values.items():
-        page.eval_on_selector(f"#setting-{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
-                              value)
-
-
-def write(page, text):
-    editor = page.get_by_role("textbox", name="Document")
-    editor.click()
-    editor.press_sequentially(text)
-    return editor
-
-
-def options(page):
-    """The suggestion options (the settings' <select> has options of its own)."""
-    return page.get_by_role("listbox", name="Suggestions").get_by_role("option")
-
-
-def option_texts(page):
-    """The options as text (the popup shows each line break as ↵ before it)."""
-    return [text.replace("\u21b5\n", "\n") for text in options(page).locator(".option-text").all_text_contents()]
-
-
-def wait_until_done(page):
-    page.wait_for_function("document.querySelectorAll('#suggestions .option.streaming').length === 0")
+    page.context.close()
 
 
 def test_tab_streams_options_longer_on_tab_and_enter_accepts(page):
@@ -82,7 +25,7 @@ def test_tab_streams_options_longer_on_tab_and_enter_accepts(page):
     listbox.wait_for()
     assert options(page).count() == 3
     # options fill in while they stream: some text shows before the last token has come
-    page.wait_for_function("[...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
+    page.wait_for_function("() => [...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
     wait_until_done(page)
     first = option_texts(page)
     assert all(first)
@@ -137,7 +80,7 @@ def test_escape_closes_and_typing_cancels(page):
     listbox.wait_for(state="hidden")
     assert editor.input_value() == "Once upon a time"
     editor.press("Tab")
-    page.wait_for_function("[...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
+    page.wait_for_function("() => [...document.querySelectorAll('#suggestions .option-text')].some(e => e.textContent)")
     editor.press("!")  # typing moves on: the popup closes, the key is typed, the request stops
     listbox.wait_for(state="hidden")
     assert editor.input_value() == "Once upon a time!"

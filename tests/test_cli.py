@@ -9,7 +9,7 @@ from webapp.cli import build_parser
 
 
 def test_defaults(monkeypatch):
-    for setting in config.SETTINGS:
+    for setting in config.SETTINGS + config.LIMITS:
         monkeypatch.delenv(f"TABWRITE_{setting.name}", raising=False)
     args = build_parser().parse_args([])
     assert (args.model, args.host, args.port, args.device, args.dtype) == ("auto", "127.0.0.1", 5000, "auto", "auto")

@@ -32,7 +32,8 @@ def test_every_finish_reason_is_documented(reason):
     assert f"`{reason}`" in section("Socket.IO protocol")
 
 
-@pytest.mark.parametrize("code", [protocol.INVALID, protocol.BUSY, protocol.UNKNOWN_PARENT, protocol.INTERNAL])
+@pytest.mark.parametrize("code", [protocol.INVALID, protocol.BUSY, protocol.UNKNOWN_PARENT, protocol.INTERNAL,
+                                  protocol.RATE_LIMITED, protocol.SIGNED_OUT])
 def test_every_error_code_is_documented(code):
     assert f"`{code}`" in section("Socket.IO protocol")
 
@@ -44,6 +45,13 @@ def test_every_setting_is_in_the_table_with_its_help(setting):
     assert setting.help in row.group(0)
 
 
+@pytest.mark.parametrize("limit", config.LIMITS, ids=lambda s: s.name)
+def test_every_limit_is_in_the_hosting_table_with_its_help(limit):
+    row = re.search(rf"^\| `{limit.name}` \|.*$", section("Hosting a class"), re.MULTILINE)
+    assert row, f"{limit.name} missing from the README's limits table"
+    assert limit.help in row.group(0)
+
+
 def test_every_flag_is_documented():
     flags = [flag for action in build_parser()._actions for flag in action.option_strings
              if flag.startswith("--") and flag != "--help"]
@@ -52,5 +60,7 @@ def test_every_flag_is_documented():
         assert f"| `{flag}` |" in section("Command line"), flag
 
 
-def test_readme_screenshot_exists():
-    assert (Path(__file__).resolve().parent.parent / "docs" / "screenshot.png").is_file()
+@pytest.mark.parametrize("name", ["screenshot.png", "dashboard.png"])
+def test_readme_screenshots_exist(name):
+    assert f"(docs/{name})" in README
+    assert (Path(__file__).resolve().parent.parent / "docs" / name).is_file()

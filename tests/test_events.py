@@ -6,9 +6,8 @@ and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 import dataclasses
 
 import pytest
-import torch
 
-from conftest import connect, make_app, payloads, wait_for
+from conftest import FailingModel, connect, make_app, payloads, wait_for
 
 GREEDY = {"temperature": 0, "stop_at": "length"}
 
@@ -196,24 +195,6 @@ def test_page_has_the_editor_and_settings(tiny_app):
     for name in ("n", "temperature", "top_k", "top_p", "length"):
         assert f'name="{name}"' in html
     assert "/vendor/socket.io/socket.io.min.js" in html
-
-
-class FailingModel(torch.nn.Module):
-    """The one stub here: a model that raises on its third forward pass, as a broken GPU might."""
-
-    def __init__(self, model, fail_on_call=3):
-        super().__init__()
-        self.model = model
-        self.config = model.config
-        self.generation_config = model.generation_config
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def forward(self, **inputs):
-        self.calls += 1
-        if self.calls == self.fail_on_call:
-            raise RuntimeError("simulated device failure")
-        return self.model(**inputs)
 
 
 def test_a_model_failure_mid_stream_is_an_error_and_the_next_request_works(tiny, caplog):

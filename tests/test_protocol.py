@@ -119,3 +119,9 @@ def test_error_payload_shape():
                                                   "field": "settings.n"}
     assert protocol.request_id_of({"id": 3}) == "3"
     assert protocol.request_id_of("junk") is None
+
+
+def test_text_with_half_a_surrogate_pair_is_refused():
+    with pytest.raises(ProtocolError) as error:
+        SuggestRequest.from_payload({"id": "x", "text": "emoji cut in half \ud83d"}, 100)
+    assert error.value.field == "text" and "Unicode" in str(error.value)

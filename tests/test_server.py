@@ -1,47 +1,15 @@
 """A real eventlet server on a loopback port, driven by real python-socketio clients."""
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import requests
-import socketio
 import torch
 
-from conftest import ROOT, WAIT, RunningServer, build_tiny_gpt2
+from conftest import ROOT, WAIT, Recorder, RunningServer, build_tiny_gpt2
 
 pytestmark = pytest.mark.server
-
-
-class Recorder:
-    """A python-socketio client that timestamps every event it receives."""
-
-    def __init__(self, url):
-        self.events = []
-        self.arrived = threading.Condition()
-        self.client = socketio.Client()
-        self.client.on("*", self._record)
-        self.client.connect(url, transports=["websocket"], wait_timeout=WAIT)
-
-    def _record(self, event, data):
-        with self.arrived:
-            self.events.append((time.monotonic(), event, data))
-            self.arrived.notify_all()
-
-    def wait(self, event, request_id=None, timeout=WAIT):
-        """Block until `event` (for `request_id`, or any) arrives; return its arrival time and payload."""
-        with self.arrived:
-            found = self.arrived.wait_for(lambda: self.find(event, request_id), timeout)
-        assert found, f"no {event} for {request_id}: {self.events[-5:]}"
-        return found
-
-    def find(self, event, request_id=None):
-        return next(((t, d) for t, e, d in self.events if e == event and isinstance(d, dict)
-                     and (request_id is None or d.get("id") == request_id)), None)
-
-    def close(self):
-        self.client.disconnect()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """TabWrite: press TAB for streamed language-model continuations of your text.
 
 `create_app` wires everything: configuration, the model loader, the scheduler,
-the Socket.IO events and the HTTP views. Read it to know the whole app.
+the classroom (sessions, limits, class settings), the Socket.IO events and the
+HTTP views. Read it to know the whole app.
 """
 
 
@@ -15,27 +16,43 @@ def create_app(config=None, model=None):
     from flask_socketio import SocketIO
 
     from . import config as settings
+    from .access import (Gatekeeper, SessionInterface, access, add_security_headers, check_secret_key,
+                         refuse_foreign_posts)
+    from .admin import admin
+    from .classroom import Classroom
     from .concurrency import Runner
+    from .documents import documents
     from .events import register_events
     from .loader import ModelLoader
     from .protocol import STATUS
     from .scheduler import Scheduler
+    from .store import Store
     from .views import views
 
     app = Flask(__name__, static_folder="../static", template_folder="../templates")
     app.config.from_mapping(settings.DEFAULTS)
     app.config.update(settings.from_env())
     app.config.update(config or {})
-    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or secrets.token_hex(32)
+    app.config["SECRET_KEY"] = check_secret_key(app.config)
+    app.config["ADMIN_TOKEN"] = app.config["ADMIN_TOKEN"] or secrets.token_urlsafe(12)
+    app.config["MAX_CONTENT_LENGTH"] = 4 * app.config["PUBLISH_MAX_CHARS"] + 4096  # bytes of one HTTP request
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.session_interface = SessionInterface()
 
-    socketio = SocketIO(app, async_mode=app.config["ASYNC_MODE"],
-                        max_http_buffer_size=4 * app.config["MAX_TEXT_CHARS"] + 4096)
+    classroom = Classroom(Store(settings.database_path(app.config)), app.config)
+    gatekeeper = Gatekeeper(app.config, classroom)
+    socketio = SocketIO(app, async_mode=app.config["ASYNC_MODE"], cors_allowed_origins=gatekeeper.origin_allowed,
+                        max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"])
     runner = Runner(socketio)
     scheduler = Scheduler(runner, socketio.emit, max_queue=app.config["MAX_QUEUE"],
                           kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"])
+    scheduler.on_finish = classroom.finished
     loader = ModelLoader(app.config, runner, scheduler, on_change=lambda status: socketio.emit(STATUS, status))
-    app.extensions["tabwrite"] = loader
-    register_events(socketio, scheduler, loader, app.config["MAX_TEXT_CHARS"])
-    app.register_blueprint(views)
+    app.extensions.update({"tabwrite": loader, "tabwrite.classroom": classroom, "tabwrite.access": gatekeeper})
+    register_events(socketio, scheduler, loader, classroom, app.config["MAX_TEXT_CHARS"])
+    for blueprint in (views, access, admin, documents):
+        app.register_blueprint(blueprint)
+    app.before_request(refuse_foreign_posts)
+    app.after_request(add_security_headers)
     loader.start(model)
     return app

@@ -24,6 +24,15 @@ def build_parser():
     parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
     parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
     parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")
+    parser.add_argument("--access-code", default=env["ACCESS_CODE"],
+                        help="class code students enter once to join (default: none, the page is open)")
+    parser.add_argument("--admin-token", default=env["ADMIN_TOKEN"],
+                        help="token for the teacher's dashboard at /admin (default: a random one, printed)")
+    parser.add_argument("--allowed-origin", action="append",
+                        default=[origin for origin in env["ALLOWED_ORIGINS"].split(",") if origin],
+                        help="another origin allowed to connect, e.g. https://proxy.school (repeatable)")
+    parser.add_argument("--database", default=env["DATABASE"],
+                        help="SQLite file for sessions, published documents and class settings")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -39,19 +48,41 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import create_app
+    from .access import ConfigError
     from .models import ModelError
 
     config = {"MODEL": args.model, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
-              "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet"}
+              "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet",
+              "ACCESS_CODE": args.access_code, "ADMIN_TOKEN": args.admin_token,
+              "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database}
     try:
         app = create_app(config)
-    except ModelError as error:
+    except (ModelError, ConfigError) as error:
         print(f"tabwrite: cannot start: {error}", file=sys.stderr)
         return 2
     app.extensions["tabwrite"].on_error = _stop_process
-    print(f"TabWrite: open http://{args.host}:{args.port}/ (model: {args.model})", flush=True)
+    print_banner(app.config, args.model)
     app.extensions["socketio"].run(app, host=args.host, port=args.port, log_output=args.log_level.upper() == "DEBUG")
     return 0
+
+
+def print_banner(config, model):
+    """What the teacher shares: the address (and its QR code), the class code, the dashboard's token."""
+    from .sharing import ANY_ADDRESS, print_qr, share_url
+
+    url = share_url(config["HOST"], config["PORT"])
+    lines = [f"TabWrite is serving {model} at {url}"]
+    if config["HOST"] in ANY_ADDRESS:
+        lines.append("Students on this network open that address" +
+                     (f" and enter the class code: {config['ACCESS_CODE']}" if config["ACCESS_CODE"] else
+                      " (no class code: anyone on the network can write; add --access-code CODE)"))
+    else:
+        lines.append("Only this machine can reach it; for a class start with --host 0.0.0.0 --access-code CODE")
+    lines.append(f"Teacher's dashboard: {url}admin  token: {config['ADMIN_TOKEN']}")
+    print("\n".join(lines), flush=True)
+    if config["HOST"] in ANY_ADDRESS:
+        print_qr(url, sys.stdout)
+    sys.stdout.flush()
 
 
 def _stop_process(message):

@@ -24,25 +24,44 @@ SETTINGS = (
     Setting("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 serves the whole network."),
     Setting("PORT", 5000, "Port to listen on."),
     Setting("ASYNC_MODE", "eventlet", "Flask-SocketIO async mode: eventlet (served) or threading (tests)."),
-    Setting("MAX_TEXT_CHARS", 20000, "Longest document text accepted in one request, in characters."),
-    Setting("MAX_QUEUE", 64, "Requests waiting or running at once; more get a `busy` error."),
     Setting("MAX_CONTEXT", 1024,
             "Most tokens the model sees (prompt plus options), capped at the model's own window."),
     Setting("KV_CACHE_MB", 1024,
             "Memory kept for finished option sets so that repeat TAB continues without re-reading."),
     Setting("KEEP_SETS", 8, "Finished option sets remembered per client, so an older set can still be extended."),
     Setting("CACHE_DIR", "", "Where the converted embedded model is kept (default ~/.cache/tabwrite)."),
-    Setting("SECRET_KEY", "", "Flask secret key; a random one per run when empty."),
+    Setting("ACCESS_CODE", "", "Class code students enter once to join; empty lets anyone who reaches the server in."),
+    Setting("ADMIN_TOKEN", "", "Token for the teacher's dashboard at /admin; a random one per run when empty."),
+    Setting("ALLOWED_ORIGINS", "",
+            "Comma-separated origins allowed to connect besides the page's own (e.g. https://proxy.school)."),
+    Setting("DATABASE", "",
+            "SQLite file for sessions, published documents and class settings (default ~/.local/share/tabwrite)."),
+    Setting("SECRET_KEY", "",
+            "Signs the teacher's cookie; a random one per run when empty. At least 32 characters beyond localhost."),
 )
 
-DEFAULTS = {s.name: s.default for s in SETTINGS}
+# Fairness: what one student (one session, not one IP address) may ask of the model.
+LIMITS = (
+    Setting("MAX_QUEUE", 64, "Requests waiting or running at once, class-wide; more get a `busy` error."),
+    Setting("REQUESTS_PER_MINUTE", 40, "Suggest and extend requests one student may send in any 60 seconds."),
+    Setting("MAX_TEXT_CHARS", 20000, "Longest document text accepted in one request, in characters."),
+    Setting("MAX_OPTIONS", 5, "Most options one TAB may ask for (1 to 5)."),
+    Setting("MAX_LENGTH", 64, "Most new tokens one TAB may ask for (1 to 64)."),
+    Setting("MAX_MESSAGE_BYTES", 65536, "Largest Socket.IO message accepted; a bigger one disconnects its sender."),
+    Setting("JOIN_ATTEMPTS_PER_MINUTE", 10,
+            "Wrong class codes or admin tokens one address may try per minute before getting 429."),
+    Setting("PUBLISH_MAX_CHARS", 50000, "Longest document a student may publish as a read-only link."),
+    Setting("PUBLISHED_PER_STUDENT", 50, "Documents one student may publish."),
+)
+
+DEFAULTS = {s.name: s.default for s in SETTINGS + LIMITS}
 
 
 def from_env(environ=None):
     """Return the settings found in `TABWRITE_*` environment variables, typed like their defaults."""
     environ = os.environ if environ is None else environ
     found = {}
-    for setting in SETTINGS:
+    for setting in SETTINGS + LIMITS:
         raw = environ.get(f"TABWRITE_{setting.name}")
         if raw is not None:
             found[setting.name] = type(setting.default)(raw)
@@ -55,3 +74,14 @@ def cache_dir(config):
         return Path(config["CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "tabwrite"
+
+
+def data_dir(config):
+    """Return the folder for the database file, creating nothing."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "tabwrite"
+
+
+def database_path(config):
+    """Return the SQLite file: the DATABASE setting, or tabwrite.sqlite3 in the data folder."""
+    return Path(config["DATABASE"]) if config.get("DATABASE") else data_dir(config) / "tabwrite.sqlite3"

@@ -1,35 +1,59 @@
-"""Socket.IO handlers: validate the payload, hand it to the scheduler, return."""
+"""Socket.IO handlers: admit the connection, validate the payload, apply the class's limits, queue."""
 from flask import request
+from flask_socketio import ConnectionRefusedError
 
 from . import protocol
+from .access import SESSION_COOKIE
 from .protocol import CancelRequest, ExtendRequest, ProtocolError, SuggestRequest
 
 
-def register_events(socketio, scheduler, loader, max_text_chars):
+def register_events(socketio, scheduler, loader, classroom, max_text_chars):
     """Attach TabWrite's event handlers to `socketio`."""
 
     def reply_error(payload, error):
         socketio.emit(protocol.ERROR, protocol.error_payload(protocol.request_id_of(payload), error), to=request.sid)
 
+    def submit(request_):
+        """Hand an admitted request to the scheduler, counting it (or the `busy` refusal)."""
+        try:
+            scheduler.submit(request.sid, request_, owner=classroom.student_of(request.sid).id)
+        except ProtocolError as error:
+            if error.code == protocol.BUSY:
+                classroom.metrics.request_refused_busy()
+            raise
+        classroom.metrics.request_received(scheduler.depth())
+
     @socketio.on("connect")
     def on_connect(auth=None):
+        session = classroom.session_for(request.cookies.get(SESSION_COOKIE))
+        if session is None and classroom.code:
+            # the page sees this message in `connect_error` and sends the student to /join
+            raise ConnectionRefusedError("join the class first: enter the class code", {"code": "join"})
+        classroom.connect(request.sid, session)
         socketio.emit(protocol.STATUS, loader.status(), to=request.sid)
+        socketio.emit(protocol.POLICY, classroom.policy.to_payload(), to=request.sid)
 
     @socketio.on("disconnect")
     def on_disconnect(reason=None):
         scheduler.disconnect(request.sid)
+        classroom.disconnect(request.sid)
 
     @socketio.on(protocol.SUGGEST)
     def on_suggest(payload=None):
         try:
-            scheduler.submit(request.sid, SuggestRequest.from_payload(payload, max_text_chars))
+            suggest = SuggestRequest.from_payload(payload, max_text_chars, classroom.policy.base())
+            settings = classroom.admit(classroom.student_of(request.sid), suggest.settings)
+            submit(SuggestRequest(suggest.id, suggest.text, settings))
         except ProtocolError as error:
             reply_error(payload, error)
 
     @socketio.on(protocol.EXTEND)
     def on_extend(payload=None):
         try:
-            scheduler.submit(request.sid, ExtendRequest.from_payload(payload))
+            extend = ExtendRequest.from_payload(payload)
+            overrides = classroom.policy.apply_overrides(extend.settings)
+            classroom.admit(classroom.student_of(request.sid), None)
+            submit(ExtendRequest(extend.id, extend.parent, overrides))
         except ProtocolError as error:
             reply_error(payload, error)
 

@@ -3,6 +3,7 @@
 Every event the server takes or sends is named here and listed in the README; a
 test fails when the two drift apart.
 """
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 # Client -> server
@@ -14,9 +15,10 @@ DELTA = "delta"
 DONE = "done"
 ERROR = "error"
 STATUS = "status"
+POLICY = "policy"
 
 CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL)
-SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY)
 
 # Why an option stopped, as sent in `done.finish`.
 FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
@@ -24,7 +26,9 @@ STOP_AT = ("length", "sentence", "paragraph")
 
 # Error codes sent in `error.code`.
 INVALID = "invalid"  # the payload broke a rule; `field` names which
-BUSY = "busy"  # the server's queue is full; try again shortly
+BUSY = "busy"  # the server's queue is full; try again after `retry_after` seconds
+RATE_LIMITED = "rate_limited"  # this student sent too many requests this minute
+SIGNED_OUT = "signed_out"  # the teacher ended this student's session
 UNKNOWN_PARENT = "unknown_parent"  # extend named a set the server no longer has
 INTERNAL = "internal"  # the model failed; the connection stays up
 
@@ -34,10 +38,11 @@ MAX_ID_CHARS = 64
 class ProtocolError(ValueError):
     """A payload that breaks a rule; carries the offending field for the `error` event."""
 
-    def __init__(self, message, field=None, code=INVALID):
+    def __init__(self, message, field=None, code=INVALID, retry_after=None):
         super().__init__(message)
         self.field = field
         self.code = code
+        self.retry_after = retry_after  # seconds, for `busy` and `rate_limited`
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,11 @@ class SamplingSettings:
     seed: int | None = None  # fixed seed -> the same options for the same text and settings
 
     @classmethod
-    def from_payload(cls, payload):
-        """Build settings from a client dict, naming the field and range of any bad value."""
+    def from_payload(cls, payload, base=None):
+        """Build settings from a client dict over `base` (the defaults), naming the field and range of any bad value."""
+        base = base or cls()
         if payload is None:
-            return cls()
+            return base
         if not isinstance(payload, dict):
             raise ProtocolError("settings must be an object", "settings")
         known = {f.name for f in fields(cls)}
@@ -87,7 +93,7 @@ class SamplingSettings:
                 values[name] = None if value is None else _check_number(value, SEED_RANGE, "settings.seed")
             else:
                 values[name] = _check_number(value, RANGES[name], f"settings.{name}")
-        return cls(**values)
+        return dataclasses.replace(base, **values)
 
 
 RANGES = {
@@ -110,18 +116,20 @@ class SuggestRequest:
     settings: SamplingSettings = field(default_factory=SamplingSettings)
 
     @classmethod
-    def from_payload(cls, payload, max_text_chars):
-        """Validate a `suggest` payload."""
+    def from_payload(cls, payload, max_text_chars, base=None):
+        """Validate a `suggest` payload; settings it leaves out come from `base` (the class's defaults)."""
         payload = _check_object(payload)
         text = payload.get("text")
         if not isinstance(text, str):
             raise ProtocolError("text must be a string", "text")
         if len(text) > max_text_chars:
             raise ProtocolError(f"text must be at most {max_text_chars} characters (got {len(text)})", "text")
+        if not _is_valid_unicode(text):
+            raise ProtocolError("text must be valid Unicode (it holds half of a surrogate pair)", "text")
         settings = payload.get("settings") or {}
         if "n" in payload and isinstance(settings, dict):  # `n` may sit beside the settings, as in the design
             settings = {"n": payload["n"], **settings}
-        return cls(id=_check_id(payload), text=text, settings=SamplingSettings.from_payload(settings))
+        return cls(id=_check_id(payload), text=text, settings=SamplingSettings.from_payload(settings, base))
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,10 @@ def done_payload(request_id, options, finish, stats):
 
 def error_payload(request_id, error):
     """Shape a ProtocolError as the `error` event's payload."""
-    return {"id": request_id, "code": error.code, "message": str(error), "field": error.field}
+    payload = {"id": request_id, "code": error.code, "message": str(error), "field": error.field}
+    if error.retry_after is not None:
+        payload["retry_after"] = round(error.retry_after, 1)
+    return payload
 
 
 def request_id_of(payload):
@@ -179,6 +190,14 @@ def request_id_of(payload):
     if isinstance(payload, dict) and isinstance(payload.get("id"), (str, int)):
         return str(payload["id"])[:MAX_ID_CHARS]
     return None
+
+
+def _is_valid_unicode(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. half an emoji cut by a client
+        return False
+    return True
 
 
 def _check_object(payload):

@@ -17,6 +17,7 @@ from .protocol import ProtocolError
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # seconds the loop sleeps when there is nothing to do
+BUSY_RETRY_SECONDS = 3.0  # the retry hint sent with `busy`: about one request's time
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Task:
     sid: str
     id: str
     request: object  # SuggestRequest or ExtendRequest
+    owner: str = ""  # the student; one request in flight per student, whichever tab sent it
     generation: object = None  # engine.Generation once started
     received: float = field(default_factory=time.monotonic)
     first_delta: float | None = None
@@ -51,15 +53,20 @@ class Scheduler:
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.wakeup = runner.event()
         self.running = False
+        self.on_finish = lambda sid, stats: None  # the classroom counts tokens and waits here
 
     # ---- called by socket handlers (any thread or green thread) ----------------------
 
-    def submit(self, sid, request):
-        """Queue a suggest or extend request; refuse with `busy` when the queue is full."""
-        if len(self.inbox) + len(self.tasks) + (self.stepping is not None) >= self.max_queue:
+    def submit(self, sid, request, owner=None):
+        """Queue a suggest or extend request of student `owner`; refuse with `busy` when the queue is full."""
+        if self.depth() >= self.max_queue:
             raise ProtocolError(f"the server is busy ({self.max_queue} requests queued); try again in a few seconds",
-                                code=protocol.BUSY)
-        self._post("submit", sid, request)
+                                code=protocol.BUSY, retry_after=BUSY_RETRY_SECONDS)
+        self._post("submit", sid, (request, owner or sid))
+
+    def depth(self):
+        """Requests waiting or running."""
+        return len(self.inbox) + len(self.tasks) + (self.stepping is not None)
 
     def cancel(self, sid, request_id):
         """Stop request `request_id` of client `sid` if it is still running."""
@@ -148,9 +155,11 @@ class Scheduler:
             "first_delta_ms": _ms(task.received, task.first_delta) if task.first_delta else None,
             "model_ms": round(task.model_seconds * 1000, 1),
             "total_ms": _ms(task.received, now),
+            "new_tokens": sum(option.step_tokens for option in generation.options),
         }
         self.emit(protocol.DONE, protocol.done_payload(task.id, generation.texts(), generation.finishes(), stats),
                   to=task.sid)
+        self.on_finish(task.sid, stats)
         self._keep(task.sid, task.id, generation)
 
     # ---- commands --------------------------------------------------------------------
@@ -159,22 +168,22 @@ class Scheduler:
         while self.inbox:
             kind, sid, argument = self.inbox.popleft()
             if kind == "submit":
-                self._start(sid, argument)
+                self._start(sid, *argument)
             elif kind == "cancel":
-                self._cancel_running(sid, only_id=argument)
+                self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
+                                     and task.id == request_id)
             elif kind == "disconnect":
                 self._forget(sid)
 
-    def _start(self, sid, request):
-        """A new request replaces the client's running one (one request in flight per client)."""
+    def _start(self, sid, request, owner):
+        """A new request replaces the student's running one (one request in flight per student)."""
+        self._cancel_running(lambda task: task.owner == owner)  # a running parent stops and becomes the base
         if isinstance(request, protocol.ExtendRequest):
-            self._start_extend(sid, request)
+            self._start_extend(sid, request, owner)
             return
-        self._cancel_running(sid)
-        self.tasks.append(Task(sid, request.id, request))
+        self.tasks.append(Task(sid, request.id, request, owner))
 
-    def _start_extend(self, sid, request):
-        self._cancel_running(sid)  # a running parent stops where it is and becomes the base
+    def _start_extend(self, sid, request, owner):
         generation = self.finished.pop((sid, request.parent), None)
         if generation is None:
             message = f"no option set {request.parent!r} to extend; press Shift+Tab for new options"
@@ -182,18 +191,17 @@ class Scheduler:
             self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
             return
         self.engine.extend(generation, request.settings)
-        self.tasks.append(Task(sid, request.id, request, generation=generation))
+        self.tasks.append(Task(sid, request.id, request, owner, generation=generation))
 
-    def _cancel_running(self, sid, only_id=None):
-        """Stop the client's running task, answer it with `done` (finish 'cancelled')."""
-        for task in list(self.tasks):
-            if task.sid == sid and (only_id is None or task.id == only_id):
-                self.tasks.remove(task)
-                if task.generation is None:  # never started: nothing to keep
-                    self.emit(protocol.DONE, protocol.done_payload(task.id, [], [], {}), to=sid)
-                    continue
-                self.engine.cancel(task.generation)
-                self._finish(task)
+    def _cancel_running(self, chosen):
+        """Stop the running tasks `chosen(task)` picks, answering each with `done` (finish 'cancelled')."""
+        for task in [t for t in self.tasks if chosen(t)]:
+            self.tasks.remove(task)
+            if task.generation is None:  # never started: nothing to keep
+                self.emit(protocol.DONE, protocol.done_payload(task.id, [], [], {}), to=task.sid)
+                continue
+            self.engine.cancel(task.generation)
+            self._finish(task)
 
     def _forget(self, sid):
         for task in [t for t in self.tasks if t.sid == sid]:

@@ -1,8 +1,9 @@
 """HTTP: the editor page, /healthz, and the Socket.IO client from node_modules."""
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, send_from_directory
+from flask import Blueprint, abort, current_app, g, jsonify, render_template, send_from_directory
 
+from .access import student_page
 from .protocol import RANGES, SamplingSettings
 
 views = Blueprint("views", __name__)
@@ -11,10 +12,15 @@ SOCKET_IO_DIST = Path(__file__).resolve().parent.parent / "node_modules" / "sock
 
 
 @views.get("/")
+@student_page
 def index():
-    """The editor."""
+    """The editor, for a joined student (or anyone, in a class without a code)."""
+    config = current_app.config
+    classroom = current_app.extensions["tabwrite.classroom"]
     return render_template("index.html", defaults=SamplingSettings(), ranges=RANGES,
-                           status=current_app.extensions["tabwrite"].status())
+                           caps=classroom.policy.to_payload()["caps"],
+                           status=current_app.extensions["tabwrite"].status(), student=g.session,
+                           class_code=bool(classroom.code), max_text_chars=config["MAX_TEXT_CHARS"])
 
 
 @views.get("/healthz")

@@ -3,6 +3,7 @@ import { $ } from "./selectors.js";
 import { Connection } from "./connection.js";
 import { Editor } from "./editor.js";
 import { SuggestionsPopup } from "./popup.js";
+import { Publisher } from "./publish.js";
 import { SettingsPanel } from "./settings.js";
 import { StatusBar } from "./status.js";
 import { storage } from "./storage.js";
@@ -38,13 +39,19 @@ let active = null; // the request in flight: { id, set, sentAt, firstAt }
 
 const connection = new Connection({
   connect: () => statusBar.connection("connected", "connected"),
-  disconnect: () => {
-    statusBar.connection("disconnected", "reconnecting…");
+  disconnect: (reason) => {
+    // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
+    if (reason === "io server disconnect") statusBar.connection("disconnected", "signed out: reload the page to join again");
+    else statusBar.connection("disconnected", "reconnecting…");
     if (active) stopStreaming(active.set);
     active = null;
   },
-  connect_error: () => statusBar.connection("disconnected", "cannot reach the server, retrying…"),
+  connect_error: (error) => {
+    if (error.data?.code === "join") window.location.assign("/join"); // no (or an expired) class session
+    else statusBar.connection("disconnected", "cannot reach the server, retrying…");
+  },
   status: (status) => statusBar.model(status),
+  policy: (policy) => settings.applyPolicy(policy),
   delta: onDelta,
   done: onDone,
   error: onError,
@@ -117,9 +124,11 @@ function onDone({ id, options, finish }) {
   if (sets[current] === set) popup.render(set, current, sets.length);
 }
 
+const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
+
 function onError({ id, code, message }) {
   const mine = active && active.id === id;
-  const text = code === "busy" ? `Server busy: ${message}` : message;
+  const text = ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message;
   statusBar.message(text);
   if (mine) {
     stopStreaming(active.set);
@@ -204,6 +213,10 @@ editor.textarea.addEventListener("input", () => {
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
 });
 window.addEventListener("pagehide", saveDocument);
+
+new Publisher({ button: $("publish"), result: $("publishResult") }, {
+  text: () => editor.text, settings: () => settings.values(), onMessage: (text) => statusBar.message(text),
+});
 
 const saved = storage.loadDocument();
 editor.restore(saved.text, saved.caret);

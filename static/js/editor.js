@@ -20,8 +20,14 @@ export class Editor {
     return this.textarea.selectionEnd;
   }
 
+  // The text the model continues. A long document sends only its end: the model reads at most
+  // its context window (about 4000 characters for GPT-2), and the server caps a request's text.
   textBeforeCaret() {
-    return this.textarea.value.slice(0, this.textarea.selectionStart);
+    const before = this.textarea.value.slice(0, this.textarea.selectionStart);
+    const limit = Number(this.textarea.dataset.maxChars) || before.length;
+    if (before.length <= limit) return before;
+    const tail = before.slice(-limit);
+    return /^[\uDC00-\uDFFF]/.test(tail) ? tail.slice(1) : tail; // never half an emoji
   }
 
   restore(text, caret) {

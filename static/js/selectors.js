@@ -20,6 +20,8 @@ export const SELECTORS = {
   statusTiming: "#status .status-timing",
   statusWarning: "#status .status-warning",
   statusMessage: "#status .status-message",
+  publish: "#publish",
+  publishResult: "#publish-result",
 };
 
 export function $(name) {

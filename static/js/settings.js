@@ -8,8 +8,10 @@ export class SettingsPanel {
     this.panel = elements.panel;
     this.inputs = [...elements.inputs];
     this.toggle = elements.toggle;
+    this.locked = new Set();
     const saved = storage.loadSettings();
     for (const input of this.inputs) {
+      input.dataset.initial = input.dataset.default; // the server's own default, for when a lock is lifted
       if (saved[input.name] !== undefined && saved[input.name] !== null) input.value = saved[input.name];
       input.addEventListener("input", () => this.changed(input));
       this.show(input);
@@ -25,7 +27,29 @@ export class SettingsPanel {
 
   changed(input) {
     this.show(input);
-    storage.saveSettings(Object.fromEntries(this.inputs.map((i) => [i.name, i.value])));
+    const own = this.inputs.filter((i) => !this.locked.has(i.name)); // a locked value is the teacher's, not saved
+    storage.saveSettings(Object.fromEntries(own.map((i) => [i.name, i.value])));
+  }
+
+  // The teacher's class settings: defaults for students who chose nothing, locks, and size caps.
+  applyPolicy({ defaults, locked, caps }) {
+    this.locked = new Set(locked);
+    const saved = storage.loadSettings();
+    for (const input of this.inputs) {
+      const name = input.name;
+      if (caps[name] !== undefined) input.max = caps[name];
+      input.dataset.default = defaults[name] ?? input.dataset.initial ?? input.dataset.default;
+      const isLocked = this.locked.has(name);
+      input.disabled = isLocked;
+      const setting = input.closest(".setting");
+      setting.classList.toggle("locked", isLocked);
+      const note = setting.querySelector(".lock-note");
+      if (note) note.hidden = !isLocked;
+      if (isLocked) input.value = defaults[name];
+      else if (saved[name] === undefined || saved[name] === null) input.value = input.dataset.default;
+      if (caps[name] !== undefined && Number(input.value) > caps[name]) input.value = caps[name];
+      this.show(input);
+    }
   }
 
   show(input) {
@@ -35,6 +59,7 @@ export class SettingsPanel {
 
   reset() {
     for (const input of this.inputs) {
+      if (this.locked.has(input.name)) continue;
       input.value = input.dataset.default;
       this.show(input);
     }
