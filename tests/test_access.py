@@ -336,3 +336,19 @@ def test_published_documents_survive_a_restart(class_app, tiny):
 
 def test_a_publish_from_a_stranger_in_a_class_with_a_code_is_refused(class_app):
     assert class_app.test_client().post("/api/publish", json={"text": "spam"}).status_code == 401
+
+
+def test_one_request_in_flight_per_student_across_tabs(embedded):
+    app = make_app(embedded)
+    try:
+        browser = app.test_client()
+        browser.get("/")
+        tab1, tab2 = socket_for(app, browser), socket_for(app, browser)
+        tab1.emit("suggest", {"id": "long", "text": "Once", "settings": {"length": 64, "stop_at": "length"}})
+        wait_for(tab1, "long", event="delta")
+        tab2.emit("suggest", {"id": "new", "text": "Hi", "settings": GREEDY})
+        [stopped] = payloads(wait_for(tab1, "long"), "done", "long")
+        assert set(stopped["finish"]) == {"cancelled"}, "the student's newer request replaced the older one"
+        wait_for(tab2, "new")
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()

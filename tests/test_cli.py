@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from webapp import config
-from webapp.cli import build_parser
+from webapp.cli import build_parser, print_banner
+from webapp.sharing import share_url
 
 
 def test_defaults(monkeypatch):
@@ -37,3 +38,18 @@ def test_the_installed_script_and_the_module_agree():
     assert by_script.returncode == by_module.returncode == 0
     assert "--model" in by_script.stdout
     assert by_script.stdout.split("\n", 1)[1] == by_module.stdout.split("\n", 1)[1]
+
+
+def test_the_banner_for_a_class_shows_address_qr_code_and_tokens(capsys):
+    print_banner({"HOST": "0.0.0.0", "PORT": 5000, "ACCESS_CODE": "maple-19", "ADMIN_TOKEN": "t0k"}, "gpt2")
+    out = capsys.readouterr().out
+    url = share_url("0.0.0.0", 5000)
+    assert f"serving gpt2 at {url}" in out and "0.0.0.0" not in url
+    assert "enter the class code: maple-19" in out and f"{url}admin  token: t0k" in out
+    assert "█" in out and "▀" in out, "a QR code drawn in the terminal"
+
+
+def test_the_banner_for_localhost_says_how_to_open_it_to_a_class(capsys):
+    print_banner({"HOST": "127.0.0.1", "PORT": 5000, "ACCESS_CODE": "", "ADMIN_TOKEN": "t0k"}, "gpt2")
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:5000/" in out and "--host 0.0.0.0 --access-code" in out and "█" not in out
