@@ -1,7 +1,9 @@
 """Time from TAB to the first option text, over a real socket, beside the lesson's baseline.
 
 Starts `python -m webapp --model MODEL` on a loopback port (or uses --url), sends
-`suggest` for a document of about --tokens tokens, and reports per trial the time
+`suggest` for a document of about --tokens tokens (a new one per trial, or with
+--growing one that grows by a few words before each TAB, so the server's prompt
+cache can work), and reports per trial the time
 to the first `delta`, the time to `done`, ms per decoding step and tokens/s. In the
 same run, the baseline is the lesson-style call on the same model and prompt:
 `model.generate(do_sample=True, num_return_sequences=n)`, which shows nothing until
@@ -40,6 +42,8 @@ def parse_args():
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--n", type=int, default=3, help="options per TAB")
     parser.add_argument("--length", type=int, default=12, help="new tokens per option")
+    parser.add_argument("--growing", action="store_true",
+                        help="one document that grows by a few words before each TAB, as when writing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
 
@@ -159,7 +163,12 @@ def machine():
 def main():
     args = parse_args()
     loaded = load_tokenizer_and_model(args.model, args.dtype)
-    texts = [document(loaded.tokenizer, args.tokens, trial) for trial in range(args.trials)]
+    if args.growing:  # the same tab keeps writing: each TAB adds a few words to the document before it
+        base = document(loaded.tokenizer, args.tokens, 0)
+        texts = [base + "".join(f" and then the boat number {k} came" for k in range(trial)) for trial in
+                 range(args.trials)]
+    else:
+        texts = [document(loaded.tokenizer, args.tokens, trial) for trial in range(args.trials)]
     process = None
     url = args.url
     if not url:
@@ -174,8 +183,9 @@ def main():
     baseline = summarize(measure_baseline(loaded, texts, args.n, args.length))
 
     print(f"\nMachine: {machine()}")
-    print(f"Model: {loaded.name} ({loaded.dtype}); document {args.tokens} tokens; n={args.n}; "
-          f"length {args.length}; {args.trials} trials\n")
+    print(f"Model: {loaded.name} ({loaded.dtype}); document {args.tokens} tokens"
+          f"{', growing before each TAB' if args.growing else ''}; n={args.n}; length {args.length}; "
+          f"{args.trials} trials\n")
     print("| figure | TabWrite p50 | TabWrite p95 | baseline generate() p50 | ratio (baseline / TabWrite) |")
     print("|---|---|---|---|---|")
     labels = {"first_delta_ms": "TAB to first option text (ms)", "complete_ms": "TAB to complete options (ms)",

@@ -171,3 +171,36 @@ def test_the_time_budget_counts_writing_not_reading(engine):
         engine.step(generation)
     assert generation.finishes() == ["time", "time"]
     assert all(len(option.tokens) < 64 for option in generation.options)
+
+
+def run_with(engine, text, settings, prefix):
+    """Like `run`, reusing `prefix`; returns the options' tokens and the generation (with its new Prefix)."""
+    generation, _ = engine.start(text, settings, prefix)
+    finish_step(engine, generation)
+    return [o.tokens for o in generation.options], generation
+
+
+@pytest.mark.parametrize("before, after, reused_at_least", [
+    ("The history of the old town begins", "The history of the old town begins with a bridge", 6),  # typed on
+    ("The history of the old town begins", "The history of the old town begins", -1),  # same text: all but one
+    ("The history of the old town begins", "The history of the new town begins", 4),  # an edit in the middle
+    ("Dear diary,", "A different document altogether", 0),
+])
+def test_a_growing_document_reads_only_what_is_new_and_writes_the_same(engine, before, after, reused_at_least):
+    settings = dataclasses.replace(GREEDY, n=2)
+    _, first = run_with(engine, before, settings, None)
+    reused_tokens, second = run_with(engine, after, settings, first.prefix)
+    fresh_tokens, fresh = run_with(engine, after, settings, None)
+    assert reused_tokens == fresh_tokens, "reusing the cache must not change a single token"
+    if reused_at_least == -1:
+        reused_at_least = len(second.prompt_ids) - 1
+    assert second.reused >= reused_at_least and fresh.reused == 0
+    assert second.reused < len(second.prompt_ids), "the last prompt token is always read, for its logits"
+    assert second.prefix.ids == second.prompt_ids
+    assert second.prefix.cache.get_seq_length() == len(second.prompt_ids)
+
+
+def test_the_kept_prefix_is_not_changed_by_writing_the_options(engine):
+    _, generation = run_with(engine, "Once upon a time", dataclasses.replace(GREEDY, n=3), None)
+    assert generation.prefix.cache.layers[0].keys.shape[0] == 1, "the options' copies are separate"
+    assert generation.prefix.cache.get_seq_length() == len(generation.prompt_ids)

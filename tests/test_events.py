@@ -4,6 +4,7 @@ Tests that must catch a request while it is still running use the embedded model
 and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 """
 import dataclasses
+import time
 
 import pytest
 
@@ -210,5 +211,42 @@ def test_a_model_failure_mid_stream_is_an_error_and_the_next_request_works(tiny,
         client.emit("suggest", {"id": "fine", "text": "hello", "settings": {**GREEDY, "length": 4}})
         [done] = payloads(wait_for(client, "fine"), "done", "fine")
         assert len(done["options"]) == 3
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()
+
+
+def test_successive_tabs_on_a_growing_document_reuse_the_prompt_and_write_the_same(embedded_app):
+    settings = {**GREEDY, "length": 5}
+    typing, fresh = connect(embedded_app), connect(embedded_app)
+    typing.emit("suggest", {"id": "t1", "text": "The lighthouse keeper climbed the stairs", "settings": settings})
+    [first] = payloads(wait_for(typing, "t1"), "done", "t1")
+    longer = "The lighthouse keeper climbed the stairs and looked out over the sea"
+    typing.emit("suggest", {"id": "t2", "text": longer, "settings": settings})
+    [second] = payloads(wait_for(typing, "t2"), "done", "t2")
+    fresh.emit("suggest", {"id": "f", "text": longer, "settings": settings})
+    [alone] = payloads(wait_for(fresh, "f"), "done", "f")
+    assert first["stats"]["reused_tokens"] == 0 and alone["stats"]["reused_tokens"] == 0
+    assert second["stats"]["reused_tokens"] >= first["stats"]["prompt_tokens"] - 1, "typed words were read again"
+    assert second["options"] == alone["options"]
+    scheduler = embedded_app.extensions["tabwrite"].scheduler
+    assert len(scheduler.prefixes) == 2
+    typing.disconnect()
+    wait = 0
+    while len(scheduler.prefixes) != 1 and wait < 100:  # the disconnect is applied between steps
+        time.sleep(0.05)
+        wait += 1
+    assert len(scheduler.prefixes) == 1, "a tab that closed leaves no cache behind"
+
+
+def test_prompt_caches_stay_within_their_budget(embedded):
+    app = make_app(embedded, PREFIX_CACHE_MB=1)
+    try:
+        clients = [connect(app) for _ in range(3)]
+        for i, client in enumerate(clients):
+            client.emit("suggest", {"id": f"c{i}", "text": "word " * 60, "settings": {**GREEDY, "length": 1}})
+            wait_for(client, f"c{i}")
+        scheduler = app.extensions["tabwrite"].scheduler
+        held = sum(prefix.cache_bytes() for prefix in scheduler.prefixes.values())
+        assert held <= 1 << 20 and len(scheduler.prefixes) < 3, "the least recently used were dropped"
     finally:
         app.extensions["tabwrite"].scheduler.stop()

@@ -45,7 +45,8 @@ def create_app(config=None, model=None):
                         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"])
     runner = Runner(socketio)
     scheduler = Scheduler(runner, socketio.emit, max_queue=app.config["MAX_QUEUE"],
-                          kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"])
+                          kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"],
+                          prefix_budget_bytes=app.config["PREFIX_CACHE_MB"] << 20)
     scheduler.on_finish = classroom.finished
     loader = ModelLoader(app.config, runner, scheduler, on_change=lambda status: socketio.emit(STATUS, status))
     app.extensions.update({"tabwrite": loader, "tabwrite.classroom": classroom, "tabwrite.access": gatekeeper})

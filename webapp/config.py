@@ -28,6 +28,8 @@ SETTINGS = (
             "Most tokens the model sees (prompt plus options), capped at the model's own window."),
     Setting("KV_CACHE_MB", 1024,
             "Memory kept for finished option sets so that repeat TAB continues without re-reading."),
+    Setting("PREFIX_CACHE_MB", 512,
+            "Memory kept for each tab's last prompt, so the next TAB on a growing document reads only what is new."),
     Setting("KEEP_SETS", 8, "Finished option sets remembered per client, so an older set can still be extended."),
     Setting("CACHE_DIR", "", "Where the converted embedded model is kept (default ~/.cache/tabwrite)."),
     Setting("ACCESS_CODE", "", "Class code students enter once to join; empty lets anyone who reaches the server in."),

@@ -5,6 +5,7 @@ narrow interface: `start` (prefill and first token), `step` (one more token for
 every live option), `extend` (begin another step on a finished set) and `release`.
 Each call returns one text delta per option, so callers can stream them.
 """
+import copy
 import dataclasses
 import random
 import time
@@ -36,6 +37,18 @@ class Option:
 
 
 @dataclass
+class Prefix:
+    """A prompt's KV cache (a batch of one), kept so that the next TAB on a growing document reads only what is new."""
+
+    ids: list
+    cache: object
+
+    def cache_bytes(self):
+        """Memory held by the kept keys and values."""
+        return _cache_bytes(self.cache)
+
+
+@dataclass
 class Generation:
     """The state of one request's options: settings, prompt, KV cache and per-option progress."""
 
@@ -49,6 +62,8 @@ class Generation:
     cache: object = None  # transformers Cache holding prompt + fed tokens, batch = options
     mask: torch.Tensor | None = None  # [n, cache length] 1 where a cached position is real
     positions: torch.Tensor | None = None  # [n] position id of each option's next fed token
+    prefix: Prefix | None = None  # this prompt's own cache, for the caller to keep (see Engine.start)
+    reused: int = 0  # prompt tokens whose keys and values came from the previous prompt's cache
 
     @property
     def finished(self):
@@ -65,10 +80,14 @@ class Generation:
 
     def cache_bytes(self):
         """Memory held by this generation's KV cache."""
-        if self.cache is None:
-            return 0
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers
-                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+        return _cache_bytes(self.cache)
+
+
+def _cache_bytes(cache):
+    if cache is None:
+        return 0
+    return sum(t.numel() * t.element_size() for layer in cache.layers
+               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
 class Engine:
@@ -88,13 +107,20 @@ class Engine:
     # ---- the narrow interface -------------------------------------------------------
 
     @torch.inference_mode()
-    def start(self, text, settings):
-        """Read the prompt once, share it across `settings.n` options, and sample their first tokens."""
+    def start(self, text, settings, prefix=None):
+        """Read the prompt once, share it across `settings.n` options, and sample their first tokens.
+
+        `prefix` (the Prefix of this client's previous prompt) lets the prompt's common
+        beginning be taken from its cache instead of read again; it is used up. The new
+        prompt's own Prefix is left in `generation.prefix` for the caller to keep.
+        """
         generation = self.prepare(text, settings)
         prompt = torch.tensor([generation.prompt_ids], device=self.device)
-        # prefill: one pass over the prompt, batch of 1; vocabulary logits for the last position only
-        out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
+        # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last position only
+        out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True, logits_to_keep=1)
+        generation.prefix = Prefix(list(generation.prompt_ids), out.cache)
+        cache = _shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
         # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
         cache.batch_repeat_interleave(settings.n)
         generation.cache = cache
@@ -124,6 +150,21 @@ class Engine:
             if option.finish is None:
                 option.pending = None
         return self._sample(generation, out.logits[:, -1, :])
+
+    def _reusable(self, prefix, ids):
+        """The previous prompt's cache cut to the part `ids` shares with it, and that part's length."""
+        if prefix is None or not all(getattr(layer, "is_croppable", False) for layer in prefix.cache.layers):
+            return None, 0
+        common = 0
+        for old, new in zip(prefix.ids, ids[:-1]):  # at least the last token is read again, for its logits
+            if old != new:
+                break
+            common += 1
+        if common == 0:
+            return None, 0
+        if common < len(prefix.ids):
+            prefix.cache.crop(common - len(prefix.ids))  # a negative count: tokens to drop from the end
+        return prefix.cache, common
 
     def warm_up(self):
         """Run one tiny request so the first real TAB does not pay for lazy initialisation."""
@@ -251,3 +292,10 @@ class Engine:
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _shallow_copy(cache):
+    """A second Cache over the same tensors; its layers can be replaced without touching the first's."""
+    twin = copy.copy(cache)
+    twin.layers = [copy.copy(layer) for layer in cache.layers]
+    return twin

@@ -39,7 +39,7 @@ class Task:
 class Scheduler:
     """Owns the queue of tasks and the finished option sets kept for extend."""
 
-    def __init__(self, runner, emit, max_queue=64, kv_budget_bytes=1 << 30, keep_sets=8):
+    def __init__(self, runner, emit, max_queue=64, kv_budget_bytes=1 << 30, keep_sets=8, prefix_budget_bytes=512 << 20):
         """`emit(event, payload, to=sid)` sends to one client; nothing runs until `attach`."""
         self.runner = runner
         self.emit = emit
@@ -51,6 +51,8 @@ class Scheduler:
         self.tasks = deque()  # running tasks, served round-robin: one step each in turn
         self.stepping = None  # the task whose model call is running right now (not in `tasks`)
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
+        self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
+        self.prefix_budget_bytes = prefix_budget_bytes
         self.wakeup = runner.event()
         self.running = False
         self.on_finish = lambda sid, stats: None  # the classroom counts tokens and waits here
@@ -130,7 +132,10 @@ class Scheduler:
             task.started = began
         try:
             if task.generation is None:
-                task.generation, deltas = self.engine.start(task.request.text, task.request.settings)
+                # only this thread touches `prefixes` while a model call runs: the loop waits for it
+                prefix = self.prefixes.pop(task.sid, None)
+                task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
+                self._keep_prefix(task.sid, task.generation)
                 return deltas
             return self.engine.step(task.generation)
         finally:
@@ -148,6 +153,7 @@ class Scheduler:
         now = time.monotonic()
         stats = {
             "prompt_tokens": len(generation.prompt_ids),
+            "reused_tokens": generation.reused,
             "truncated_tokens": generation.truncated,
             "healed": generation.healed,
             "steps": task.steps,
@@ -208,6 +214,7 @@ class Scheduler:
             self.tasks.remove(task)
         for key in [k for k in self.finished if k[0] == sid]:
             del self.finished[key]
+        self.prefixes.pop(sid, None)
 
     def _keep(self, sid, request_id, generation):
         """Remember a finished set; drop old sets and release caches over the memory budget."""
@@ -221,6 +228,15 @@ class Scheduler:
                 break
             total -= old.cache_bytes()
             self.engine.release(old)  # extend still works: it re-reads prompt and options
+
+    def _keep_prefix(self, sid, generation):
+        """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
+        self.prefixes[sid] = generation.prefix
+        generation.prefix = None
+        total = sum(prefix.cache_bytes() for prefix in self.prefixes.values())
+        while total > self.prefix_budget_bytes and self.prefixes:
+            _, oldest = self.prefixes.popitem(last=False)
+            total -= oldest.cache_bytes()
 
     # ---- figures for the status bar and /healthz -----------------------------------
 
