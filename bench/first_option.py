@@ -42,6 +42,8 @@ def parse_args():
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--n", type=int, default=3, help="options per TAB")
     parser.add_argument("--length", type=int, default=12, help="new tokens per option")
+    parser.add_argument("--primed", action="store_true",
+                        help="send `prime` first and press TAB once the server has read the text (as after a pause)")
     parser.add_argument("--growing", action="store_true",
                         help="one document that grows by a few words before each TAB, as when writing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -83,7 +85,7 @@ def start_server(model, dtype):
     raise SystemExit("the server did not become ready")
 
 
-def measure_socket(url, texts, n, length):
+def measure_socket(url, texts, n, length, primed=False):
     """One real Socket.IO client; returns per-trial timings."""
     client = socketio.Client()
     arrived = threading.Condition()
@@ -101,6 +103,12 @@ def measure_socket(url, texts, n, length):
         events.clear()
         request_id = f"bench-{i}"
         settings = {"n": n, "length": length, "stop_at": "length", "seed": i}
+        if primed:  # the writer paused: the server reads the text, then TAB comes
+            client.emit("prime", {"id": f"prime-{i}", "text": text, "settings": settings})
+            with arrived:
+                arrived.wait_for(lambda rid=f"prime-{i}": any(e == "primed" and d["id"] == rid
+                                                              for _, e, d in events), 120)
+            events.clear()
         sent = time.perf_counter()
         client.emit("suggest", {"id": request_id, "text": text, "settings": settings})
         with arrived:
@@ -175,7 +183,7 @@ def main():
         process, url = start_server(args.model, args.dtype)
     try:
         measure_socket(url, texts[:1], args.n, args.length)  # warm the connection
-        served = summarize(measure_socket(url, texts, args.n, args.length))
+        served = summarize(measure_socket(url, texts, args.n, args.length, args.primed))
     finally:
         if process:
             process.terminate()
@@ -184,7 +192,8 @@ def main():
 
     print(f"\nMachine: {machine()}")
     print(f"Model: {loaded.name} ({loaded.dtype}); document {args.tokens} tokens"
-          f"{', growing before each TAB' if args.growing else ''}; n={args.n}; length {args.length}; "
+          f"{', growing before each TAB' if args.growing else ''}{', primed' if args.primed else ''}; "
+          f"n={args.n}; length {args.length}; "
           f"{args.trials} trials\n")
     print("| figure | TabWrite p50 | TabWrite p95 | baseline generate() p50 | ratio (baseline / TabWrite) |")
     print("|---|---|---|---|---|")

@@ -146,3 +146,19 @@ def test_readme_screenshot(page):
     editor.press("Tab")
     wait_until_done(page)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"))
+
+
+def test_a_pause_in_typing_lets_the_server_read_ahead(page):
+    set_settings(page, {"temperature": "0", "length": "4", "stop_at": "length"})
+    editor = write(page, "The lighthouse keeper climbed")
+    page.wait_for_function("() => true")  # let the page's timers run
+    for _ in range(TIMEOUT_MS // 50):
+        if any(f.startswith('42["primed"') for f in page.socket_frames):
+            break
+        page.wait_for_timeout(50)
+    [sent] = [f for f in page.socket_frames if f.startswith('42["prime"')]
+    assert '"text":"The lighthouse keeper climbed"' in sent, "one prime, after the pause, with the whole text"
+    editor.press("Tab")
+    wait_until_done(page)
+    done = next(f for f in page.socket_frames if f.startswith('42["done"'))
+    assert '"reused_tokens":' in done and '"reused_tokens":0' not in done

@@ -204,3 +204,21 @@ def test_the_kept_prefix_is_not_changed_by_writing_the_options(engine):
     _, generation = run_with(engine, "Once upon a time", dataclasses.replace(GREEDY, n=3), None)
     assert generation.prefix.cache.layers[0].keys.shape[0] == 1, "the options' copies are separate"
     assert generation.prefix.cache.get_seq_length() == len(generation.prompt_ids)
+
+
+def test_priming_in_chunks_then_tab_reads_only_the_last_token(engine):
+    text = "The harbour was quiet that morning. " * 6
+    settings = dataclasses.replace(GREEDY, n=2)
+    prefix, complete = engine.prime(text, settings, None, chunk=16)
+    assert not complete and len(prefix.ids) == 16
+    while not complete:
+        prefix, complete = engine.prime(text, settings, prefix, chunk=16)
+    tokens, primed = run_with(engine, text, settings, prefix)
+    fresh_tokens, _ = run_with(engine, text, settings, None)
+    assert primed.reused == len(primed.prompt_ids) - 1, "TAB read only the prompt's last token"
+    assert tokens == fresh_tokens
+
+
+def test_priming_a_one_token_text_has_nothing_to_read(engine):
+    prefix, complete = engine.prime("Hi", GREEDY, None)
+    assert complete and prefix is None

@@ -250,3 +250,37 @@ def test_prompt_caches_stay_within_their_budget(embedded):
         assert held <= 1 << 20 and len(scheduler.prefixes) < 3, "the least recently used were dropped"
     finally:
         app.extensions["tabwrite"].scheduler.stop()
+
+
+def test_a_primed_text_is_read_before_tab_and_tab_writes_the_same(embedded_app):
+    text = "In the valley below the mountains there was a small school with a red door, and every morning"
+    settings = {**GREEDY, "length": 4}
+    writer, other = connect(embedded_app), connect(embedded_app)
+    writer.emit("prime", {"id": "p", "text": text, "settings": settings})
+    [primed] = payloads(wait_for(writer, "p", event="primed"), "primed", "p")
+    writer.emit("suggest", {"id": "s", "text": text, "settings": settings})
+    [done] = payloads(wait_for(writer, "s"), "done", "s")
+    assert primed["tokens"] == done["stats"]["prompt_tokens"] - 1 == done["stats"]["reused_tokens"]
+    other.emit("suggest", {"id": "o", "text": text, "settings": settings})
+    assert payloads(wait_for(other, "o"), "done", "o")[0]["options"] == done["options"]
+
+
+def test_priming_yields_to_requests(embedded_app):
+    long_text = "The tide came in over the sand and the children ran back to the dunes. " * 50  # ~800 tokens
+    primer, writer = connect(embedded_app), connect(embedded_app)
+    primer.emit("prime", {"id": "slow", "text": long_text})
+    writer.emit("suggest", {"id": "now", "text": "Hello", "settings": {**GREEDY, "length": 3}})
+    wait_for(writer, "now")
+    assert not payloads(primer.get_received(), "primed"), "the request went before the rest of the priming"
+    wait_for(primer, "slow", event="primed")
+
+
+def test_a_bad_prime_is_an_error_and_a_suggest_replaces_a_pending_prime(embedded_app):
+    client = connect(embedded_app)
+    client.emit("prime", {"id": "p", "text": 42})
+    [error] = payloads(wait_for(client, "p", event="error"), "error", "p")
+    assert error["field"] == "text"
+    client.emit("prime", {"id": "p2", "text": "Some words " * 100})
+    client.emit("suggest", {"id": "s", "text": "Other words", "settings": {**GREEDY, "length": 2}})
+    events = wait_for(client, "s")
+    assert not payloads(events, "primed"), "the TAB took over; the pending prime was dropped"

@@ -18,6 +18,7 @@ from .healing import TokenHealer
 from .sampling import choose_next_tokens
 from .stopping import StepStop
 
+PRIME_CHUNK = 128  # prompt tokens read per priming call, so that a TAB waits for one chunk at most
 ROOM_STEPS = 8  # the prompt leaves room in the context window for this many length steps
 DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
 
@@ -150,6 +151,22 @@ class Engine:
             if option.finish is None:
                 option.pending = None
         return self._sample(generation, out.logits[:, -1, :])
+
+    @torch.inference_mode()
+    def prime(self, text, settings, prefix=None, chunk=PRIME_CHUNK):
+        """Read up to `chunk` more tokens of the prompt `text` would give; return (Prefix or None, all read).
+
+        Everything but the prompt's last token is read: a TAB reads that one itself, for its
+        logits. Calling again with the returned Prefix goes on where this call stopped.
+        """
+        ids = self.prepare(text, settings).prompt_ids
+        target = ids[:-1]
+        cache, common = self._reusable(prefix, ids)
+        upto = min(len(target), common + chunk)
+        if upto > common:
+            piece = torch.tensor([target[common:upto]], device=self.device)
+            cache = self.model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1).cache
+        return (Prefix(target[:upto], cache) if cache is not None else None), upto == len(target)
 
     def _reusable(self, prefix, ids):
         """The previous prompt's cache cut to the part `ids` shares with it, and that part's length."""

@@ -4,7 +4,7 @@ from flask_socketio import ConnectionRefusedError
 
 from . import protocol
 from .access import SESSION_COOKIE
-from .protocol import CancelRequest, ExtendRequest, ProtocolError, SuggestRequest
+from .protocol import CancelRequest, ExtendRequest, PrimeRequest, ProtocolError, SuggestRequest
 
 
 def register_events(socketio, scheduler, loader, classroom, max_text_chars):
@@ -54,6 +54,15 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
             overrides = classroom.policy.apply_overrides(extend.settings)
             classroom.admit(classroom.student_of(request.sid), None)
             submit(ExtendRequest(extend.id, extend.parent, overrides))
+        except ProtocolError as error:
+            reply_error(payload, error)
+
+    @socketio.on(protocol.PRIME)
+    def on_prime(payload=None):
+        # not rate-limited or queued: one pending text per tab, read only while the model is idle
+        try:
+            prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
+            scheduler.prime(request.sid, PrimeRequest(prime.id, prime.text, classroom.policy.apply(prime.settings)))
         except ProtocolError as error:
             reply_error(payload, error)
 

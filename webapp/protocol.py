@@ -10,15 +10,17 @@ from dataclasses import dataclass, field, fields
 SUGGEST = "suggest"
 EXTEND = "extend"
 CANCEL = "cancel"
+PRIME = "prime"
 # Server -> client
 DELTA = "delta"
 DONE = "done"
 ERROR = "error"
 STATUS = "status"
 POLICY = "policy"
+PRIMED = "primed"
 
-CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL)
-SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY)
+CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED)
 
 # Why an option stopped, as sent in `done.finish`.
 FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
@@ -156,6 +158,21 @@ class ExtendRequest:
 
 
 @dataclass(frozen=True)
+class PrimeRequest:
+    """`prime {id, text, settings}`: read `text` ahead of a TAB, while the writer pauses."""
+
+    id: str
+    text: str
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+
+    @classmethod
+    def from_payload(cls, payload, max_text_chars, base=None):
+        """Validate a `prime` payload: the same rules as `suggest`."""
+        suggest = SuggestRequest.from_payload(payload, max_text_chars, base)
+        return cls(suggest.id, suggest.text, suggest.settings)
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     """`cancel {id}`: stop a request that is still running."""
 
@@ -175,6 +192,11 @@ def delta_payload(request_id, deltas):
 def done_payload(request_id, options, finish, stats):
     """`done`: the whole text of every option, why each stopped, and timings."""
     return {"id": request_id, "options": options, "finish": finish, "stats": stats}
+
+
+def primed_payload(request_id, tokens):
+    """`primed`: the text of prime `request_id` is read, `tokens` of it kept for the next TAB."""
+    return {"id": request_id, "tokens": tokens}
 
 
 def error_payload(request_id, error):

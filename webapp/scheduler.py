@@ -52,6 +52,7 @@ class Scheduler:
         self.stepping = None  # the task whose model call is running right now (not in `tasks`)
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
+        self.primes = OrderedDict()  # sid -> PrimeRequest still to read, in turn, when no request waits
         self.prefix_budget_bytes = prefix_budget_bytes
         self.wakeup = runner.event()
         self.running = False
@@ -69,6 +70,10 @@ class Scheduler:
     def depth(self):
         """Requests waiting or running."""
         return len(self.inbox) + len(self.tasks) + (self.stepping is not None)
+
+    def prime(self, sid, request):
+        """Read a tab's text ahead of its TAB when the model is otherwise idle (the newest text wins)."""
+        self._post("prime", sid, request)
 
     def cancel(self, sid, request_id):
         """Stop request `request_id` of client `sid` if it is still running."""
@@ -100,6 +105,9 @@ class Scheduler:
         while self.running:
             self._apply_inbox()
             if not self.tasks:
+                if self.primes:  # the lowest priority: a request that arrives waits for one chunk at most
+                    self._prime_one()
+                    continue
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
                 continue
@@ -135,7 +143,8 @@ class Scheduler:
                 # only this thread touches `prefixes` while a model call runs: the loop waits for it
                 prefix = self.prefixes.pop(task.sid, None)
                 task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
-                self._keep_prefix(task.sid, task.generation)
+                self._keep_prefix(task.sid, task.generation.prefix)
+                task.generation.prefix = None
                 return deltas
             return self.engine.step(task.generation)
         finally:
@@ -178,11 +187,15 @@ class Scheduler:
             elif kind == "cancel":
                 self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
                                      and task.id == request_id)
+            elif kind == "prime":
+                self.primes.pop(sid, None)
+                self.primes[sid] = argument  # the newest text, at the back of the line
             elif kind == "disconnect":
                 self._forget(sid)
 
     def _start(self, sid, request, owner):
         """A new request replaces the student's running one (one request in flight per student)."""
+        self.primes.pop(sid, None)  # the TAB reads whatever priming has not
         self._cancel_running(lambda task: task.owner == owner)  # a running parent stops and becomes the base
         if isinstance(request, protocol.ExtendRequest):
             self._start_extend(sid, request, owner)
@@ -215,6 +228,7 @@ class Scheduler:
         for key in [k for k in self.finished if k[0] == sid]:
             del self.finished[key]
         self.prefixes.pop(sid, None)
+        self.primes.pop(sid, None)
 
     def _keep(self, sid, request_id, generation):
         """Remember a finished set; drop old sets and release caches over the memory budget."""
@@ -229,10 +243,25 @@ class Scheduler:
             total -= old.cache_bytes()
             self.engine.release(old)  # extend still works: it re-reads prompt and options
 
-    def _keep_prefix(self, sid, generation):
+    def _prime_one(self):
+        """Read one chunk of the longest-waiting tab's text; it goes back in line until all is read."""
+        sid, request = self.primes.popitem(last=False)
+        prefix = self.prefixes.pop(sid, None)
+        try:
+            prefix, complete = self.runner.run_blocking(self.engine.prime, request.text, request.settings, prefix)
+        except Exception:  # priming is a courtesy: the TAB will read the text itself
+            log.exception("priming failed for %s", request.id)
+            return
+        if prefix is not None:
+            self._keep_prefix(sid, prefix)
+        if complete:
+            self.emit(protocol.PRIMED, protocol.primed_payload(request.id, len(prefix.ids) if prefix else 0), to=sid)
+        else:
+            self.primes.setdefault(sid, request)  # unless a newer text for this tab came in meanwhile
+
+    def _keep_prefix(self, sid, prefix):
         """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
-        self.prefixes[sid] = generation.prefix
-        generation.prefix = None
+        self.prefixes[sid] = prefix
         total = sum(prefix.cache_bytes() for prefix in self.prefixes.values())
         while total > self.prefix_budget_bytes and self.prefixes:
             _, oldest = self.prefixes.popitem(last=False)

@@ -9,6 +9,7 @@ import { StatusBar } from "./status.js";
 import { storage } from "./storage.js";
 
 const SAVE_DELAY_MS = 300;
+const PRIME_DELAY_MS = 300; // a pause in typing this long lets the server read the text before Tab
 const MODIFIER_KEYS = new Set(["Shift", "Control", "Alt", "Meta", "CapsLock", "AltGraph"]);
 
 const editor = new Editor($("editor"));
@@ -36,9 +37,15 @@ const popup = new SuggestionsPopup(
 let sets = [];
 let current = -1;
 let active = null; // the request in flight: { id, set, sentAt, firstAt }
+let primeTimer = null;
+let lastPrimed = null; // the text the server last read ahead of Tab
 
 const connection = new Connection({
-  connect: () => statusBar.connection("connected", "connected"),
+  connect: () => {
+    statusBar.connection("connected", "connected");
+    lastPrimed = null; // a new connection (or a restarted server) has read nothing yet
+    schedulePrime();
+  },
   disconnect: (reason) => {
     // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
     if (reason === "io server disconnect") statusBar.connection("disconnected", "signed out: reload the page to join again");
@@ -211,7 +218,20 @@ editor.textarea.addEventListener("input", () => {
   if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
+  schedulePrime();
 });
+
+// Priming: when the writer pauses, the server reads the text before the caret, so that
+// Tab only has to pick the first words. Nothing is sent for text it already has.
+function schedulePrime() {
+  clearTimeout(primeTimer);
+  primeTimer = setTimeout(() => {
+    const text = editor.textBeforeCaret();
+    if (popup.isOpen || !connection.socket.connected || text === lastPrimed || !text.trim()) return;
+    lastPrimed = text;
+    connection.send("prime", { id: connection.nextId(), text, settings: settings.values() });
+  }, PRIME_DELAY_MS);
+}
 window.addEventListener("pagehide", saveDocument);
 
 new Publisher({ button: $("publish"), result: $("publishResult") }, {
