@@ -222,3 +222,25 @@ def test_priming_in_chunks_then_tab_reads_only_the_last_token(engine):
 def test_priming_a_one_token_text_has_nothing_to_read(engine):
     prefix, complete = engine.prime("Hi", GREEDY, None)
     assert complete and prefix is None
+
+
+def test_several_clients_batched_in_one_pass_write_what_each_writes_alone(engine):
+    texts = ["The weather today is", "My favourite recipe for a cold winter evening needs",
+             "In 1969 the first people walked on the", "Dear diary,"]
+    settings = [dataclasses.replace(GREEDY, n=n, length=10) for n in (1, 3, 2, 2)]
+    alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
+    generations = [engine.start(text, s)[0] for text, s in zip(texts, settings)]
+    for _ in range(12):  # also after some have finished: they ride along as masked rows
+        engine.step_many(generations)
+    assert [[o.tokens for o in g.options] for g in generations] == alone
+    assert all(g.finished for g in generations)
+
+
+def test_a_batched_set_extends_like_one_longer_run(engine):
+    first, second = engine.start("Once upon a time", GREEDY)[0], engine.start("The committee decided", GREEDY)[0]
+    while not (first.finished and second.finished):
+        engine.step_many([first, second])
+    engine.extend(first)
+    finish_step(engine, first)
+    longer = dataclasses.replace(GREEDY, length=16)
+    assert [o.tokens for o in first.options] == [o.tokens for o in run(engine, "Once upon a time", longer)[0].options]

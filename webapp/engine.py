@@ -132,24 +132,65 @@ class Engine:
         generation.stop = self._stop_rule(settings)
         return generation, self._sample(generation, logits)
 
-    @torch.inference_mode()
     def step(self, generation):
         """Feed every live option its last token and sample the next one."""
-        if generation.cache is None:
-            self._rebuild_cache(generation)
-        live = torch.tensor([o.finish is None for o in generation.options], device=self.device)
-        feed = torch.tensor([[o.pending if o.finish is None else self.pad_id] for o in generation.options],
+        return self.step_many([generation])[0]
+
+    @torch.inference_mode()
+    def step_many(self, generations):
+        """One forward pass for every live option of every generation (clients batched); deltas per generation.
+
+        The generations' caches have different lengths: they are left-padded (masked) to the
+        longest, stacked, and cut back apart after the pass.
+        """
+        for generation in generations:
+            if generation.cache is None:
+                self._rebuild_cache(generation)
+        if len(generations) == 1:
+            return [self._step_alone(generations[0])]
+        lengths = [generation.mask.shape[1] for generation in generations]
+        longest = max(lengths)
+        lives = [self._live(g) for g in generations]
+        feed = torch.cat([self._feed(g) for g in generations])
+        mask = torch.cat([torch.nn.functional.pad(g.mask, (longest - n, 0)) for g, n in zip(generations, lengths)])
+        mask = torch.cat([mask, torch.cat(lives).long()[:, None]], dim=1)
+        positions = torch.cat([g.positions for g in generations])
+        merged = _merge_caches([g.cache for g in generations], [longest - n for n in lengths])
+        out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=merged,
+                         use_cache=True)
+        deltas, row = [], 0
+        for generation, length, live in zip(generations, lengths, lives):
+            rows = slice(row, row + len(generation.options))
+            row = rows.stop
+            generation.cache = _cut_cache(out.cache, rows, longest - length)
+            self._advance(generation, live)
+            deltas.append(self._sample(generation, out.logits[rows, -1, :]))
+        return deltas
+
+    def _live(self, generation):
+        return torch.tensor([o.finish is None for o in generation.options], device=self.device)
+
+    def _feed(self, generation):
+        return torch.tensor([[o.pending if o.finish is None else self.pad_id] for o in generation.options],
                             device=self.device)
-        # finished options ride along as masked holes so the batch keeps its shape
+
+    def _advance(self, generation, live):
+        """Record that every live option's pending token is now in the cache."""
         generation.mask = torch.cat([generation.mask, live.long()[:, None]], dim=1)
-        out = self.model(input_ids=feed, attention_mask=generation.mask,
-                         position_ids=generation.positions[:, None],
-                         cache=generation.cache, use_cache=True)
-        generation.cache = out.cache
         generation.positions += live.long()
         for option in generation.options:
             if option.finish is None:
                 option.pending = None
+
+    def _step_alone(self, generation):
+        """One generation's step, without the cost of stacking caches."""
+        live = self._live(generation)
+        # finished options ride along as masked holes so the batch keeps its shape
+        mask = torch.cat([generation.mask, live.long()[:, None]], dim=1)
+        out = self.model(input_ids=self._feed(generation), attention_mask=mask,
+                         position_ids=generation.positions[:, None], cache=generation.cache, use_cache=True)
+        generation.cache = out.cache
+        self._advance(generation, live)
         return self._sample(generation, out.logits[:, -1, :])
 
     @torch.inference_mode()
@@ -316,3 +357,23 @@ def _shallow_copy(cache):
     twin = copy.copy(cache)
     twin.layers = [copy.copy(layer) for layer in cache.layers]
     return twin
+
+
+def _merge_caches(caches, pads):
+    """Stack caches along the batch, each left-padded by its entry in `pads` (the mask hides the padding)."""
+    merged = _shallow_copy(caches[0])
+    for index, layer in enumerate(merged.layers):
+        for name in ("keys", "values"):
+            parts = [torch.nn.functional.pad(getattr(cache.layers[index], name), (0, 0, pad, 0))
+                     for cache, pad in zip(caches, pads)]
+            setattr(layer, name, torch.cat(parts))
+    return merged
+
+
+def _cut_cache(merged, rows, pad):
+    """One generation's own cache back out of a stacked one: its rows, without its left padding."""
+    own = _shallow_copy(merged)
+    for layer in own.layers:
+        layer.keys = layer.keys[rows, :, pad:, :].contiguous()
+        layer.values = layer.values[rows, :, pad:, :].contiguous()
+    return own

@@ -1,10 +1,12 @@
-"""Queue requests from many clients and drive the engine one step at a time, fairly.
+"""Queue requests from many clients and drive the engine: every writing request steps in one batch.
 
 The scheduler is the only bridge between the socket handlers and the engine.
 Handlers only append commands to an inbox; one loop (a green thread under
-eventlet) applies them between steps and runs every model call in a real OS
-thread through the Runner. So no lock guards the model, cancelling is just
-dropping a task, and each client's events leave in order.
+eventlet) applies them between model calls and runs every model call in a real
+OS thread through the Runner. Each turn reads one new request's prompt, then
+gives every writing request of every client one more token in a single forward
+pass. So no lock guards the model, cancelling is just dropping a task, and each
+client's events leave in order.
 """
 import logging
 import time
@@ -48,8 +50,7 @@ class Scheduler:
         self.keep_sets = keep_sets
         self.engine = None
         self.inbox = deque()  # commands from handlers, applied by the loop between steps
-        self.tasks = deque()  # running tasks, served round-robin: one step each in turn
-        self.stepping = None  # the task whose model call is running right now (not in `tasks`)
+        self.tasks = deque()  # running tasks: the writing ones step together, new ones are read one per turn
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
         self.primes = OrderedDict()  # sid -> PrimeRequest still to read, in turn, when no request waits
@@ -69,7 +70,7 @@ class Scheduler:
 
     def depth(self):
         """Requests waiting or running."""
-        return len(self.inbox) + len(self.tasks) + (self.stepping is not None)
+        return len(self.inbox) + len(self.tasks)
 
     def prime(self, sid, request):
         """Read a tab's text ahead of its TAB when the model is otherwise idle (the newest text wins)."""
@@ -101,7 +102,7 @@ class Scheduler:
         self.wakeup.set()
 
     def run(self):
-        """Apply commands, then advance one task by one step; repeat."""
+        """Apply commands; read one new request's prompt; then one batched step for every writing request."""
         while self.running:
             self._apply_inbox()
             if not self.tasks:
@@ -111,44 +112,51 @@ class Scheduler:
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
                 continue
-            task = self.stepping = self.tasks.popleft()
-            if self._advance(task):
-                self.tasks.append(task)
-            self.stepping = None
+            fresh = next((task for task in self.tasks if task.generation is None), None)
+            if fresh is not None:  # one prefill per turn, so new requests and writing ones alternate
+                self._run_model(self._start_call, [fresh])
+                self._apply_inbox()  # a cancel sent while a long prompt was read applies before the step
+            writing = [task for task in self.tasks if task.generation is not None and task is not fresh]
+            if writing:
+                self._run_model(self._step_call, writing)
 
-    def _advance(self, task):
-        """Run one model call for `task` off the hub and send what it produced; True if not done."""
-        try:
-            deltas = self.runner.run_blocking(self._model_call, task)
-        except Exception:  # the model failed: tell this client, keep serving the others
-            log.exception("generation failed for request %s", task.id)
-            error = ProtocolError("the model failed while writing; please try again", code=protocol.INTERNAL)
-            self.emit(protocol.ERROR, protocol.error_payload(task.id, error), to=task.sid)
-            return False
-        task.steps += 1
-        self._send_deltas(task, deltas)
-        if not task.generation.finished:
-            return True
-        self._send_deltas(task, self.engine.flush(task.generation))
-        self._finish(task)
-        return False
-
-    def _model_call(self, task):
-        """Runs in an OS thread: prefill and first token, or one more token."""
+    def _run_model(self, call, tasks):
+        """Run `call(tasks)` off the hub, send what each task got, and finish the tasks that are done."""
         began = time.monotonic()
-        if task.started is None:
-            task.started = began
+        for task in tasks:
+            task.started = task.started or began
         try:
-            if task.generation is None:
-                # only this thread touches `prefixes` while a model call runs: the loop waits for it
-                prefix = self.prefixes.pop(task.sid, None)
-                task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
-                self._keep_prefix(task.sid, task.generation.prefix)
-                task.generation.prefix = None
-                return deltas
-            return self.engine.step(task.generation)
-        finally:
-            task.model_seconds += time.monotonic() - began
+            all_deltas = self.runner.run_blocking(call, tasks)
+        except Exception:  # the model failed: tell these clients, keep serving
+            log.exception("generation failed for requests %s", [task.id for task in tasks])
+            error = ProtocolError("the model failed while writing; please try again", code=protocol.INTERNAL)
+            for task in tasks:
+                self.emit(protocol.ERROR, protocol.error_payload(task.id, error), to=task.sid)
+                self.tasks.remove(task)
+            return
+        elapsed = time.monotonic() - began
+        for task, deltas in zip(tasks, all_deltas):
+            task.model_seconds += elapsed
+            task.steps += 1
+            self._send_deltas(task, deltas)
+            if task.generation.finished:
+                self._send_deltas(task, self.engine.flush(task.generation))
+                self._finish(task)
+                self.tasks.remove(task)
+
+    def _start_call(self, tasks):
+        """Runs in an OS thread: read the prompt (from the tab's cache where it can) and sample first tokens."""
+        [task] = tasks
+        # only this thread touches `prefixes` while a model call runs: the loop waits for it
+        prefix = self.prefixes.pop(task.sid, None)
+        task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
+        self._keep_prefix(task.sid, task.generation.prefix)
+        task.generation.prefix = None
+        return [deltas]
+
+    def _step_call(self, tasks):
+        """Runs in an OS thread: one more token for every live option of every task, in one pass."""
+        return self.engine.step_many([task.generation for task in tasks])
 
     def _send_deltas(self, task, deltas):
         if any(deltas):
@@ -271,7 +279,7 @@ class Scheduler:
 
     def load(self):
         """How busy the scheduler is right now."""
-        return {"running": len(self.tasks) + (self.stepping is not None), "waiting": len(self.inbox)}
+        return {"running": len(self.tasks), "waiting": len(self.inbox)}
 
 
 def _ms(start, end):
