@@ -284,3 +284,27 @@ def test_a_bad_prime_is_an_error_and_a_suggest_replaces_a_pending_prime(embedded
     client.emit("suggest", {"id": "s", "text": "Other words", "settings": {**GREEDY, "length": 2}})
     events = wait_for(client, "s")
     assert not payloads(events, "primed"), "the TAB took over; the pending prime was dropped"
+
+
+def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
+    engine = embedded_app.extensions["tabwrite"].scheduler.engine
+    batch_sizes = []
+    real_step_many = engine.step_many
+
+    def recording_step_many(generations):  # the real engine runs; the test only counts
+        batch_sizes.append(len(generations))
+        return real_step_many(generations)
+
+    engine.step_many = recording_step_many
+    try:
+        clients = [connect(embedded_app) for _ in range(4)]
+        texts = ["The ship left the harbour", "Our school garden grows", "The recipe starts with", "On Mars, the"]
+        for i, (client, text) in enumerate(zip(clients, texts)):
+            client.emit("suggest", {"id": f"r{i}", "text": text, "settings": {**GREEDY, "length": 12, "n": 2}})
+        results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
+    finally:
+        del engine.step_many
+    assert max(batch_sizes) == 4, f"all four wrote in the same passes: {batch_sizes}"
+    alone = connect(embedded_app)
+    alone.emit("suggest", {"id": "a", "text": texts[1], "settings": {**GREEDY, "length": 12, "n": 2}})
+    assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]

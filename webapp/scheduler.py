@@ -19,6 +19,9 @@ from .protocol import ProtocolError
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # seconds the loop sleeps when there is nothing to do
+# Reading new prompts stops for a batched step once this much time is spent: a typed-on
+# document costs a few milliseconds (the tab's prompt cache), a fresh long one may take all.
+PREFILL_SLICE = 0.2
 BUSY_RETRY_SECONDS = 3.0  # the retry hint sent with `busy`: about one request's time
 
 
@@ -102,7 +105,7 @@ class Scheduler:
         self.wakeup.set()
 
     def run(self):
-        """Apply commands; read one new request's prompt; then one batched step for every writing request."""
+        """Apply commands; read new requests' prompts (a time slice); then one batched step for the others."""
         while self.running:
             self._apply_inbox()
             if not self.tasks:
@@ -112,13 +115,24 @@ class Scheduler:
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
                 continue
-            fresh = next((task for task in self.tasks if task.generation is None), None)
-            if fresh is not None:  # one prefill per turn, so new requests and writing ones alternate
-                self._run_model(self._start_call, [fresh])
+            started = self._start_new_requests()
+            if started:
                 self._apply_inbox()  # a cancel sent while a long prompt was read applies before the step
-            writing = [task for task in self.tasks if task.generation is not None and task is not fresh]
+            writing = [task for task in self.tasks if task.generation is not None and task not in started]
             if writing:
                 self._run_model(self._step_call, writing)
+
+    def _start_new_requests(self):
+        """Read new requests' prompts, oldest first, until PREFILL_SLICE is spent (at least one)."""
+        began = time.monotonic()
+        started = []
+        while time.monotonic() - began < PREFILL_SLICE:
+            fresh = next((task for task in self.tasks if task.generation is None), None)
+            if fresh is None:
+                break
+            self._run_model(self._start_call, [fresh])
+            started.append(fresh)
+        return started
 
     def _run_model(self, call, tasks):
         """Run `call(tasks)` off the hub, send what each task got, and finish the tasks that are done."""
