@@ -158,18 +158,8 @@ class ExtendRequest:
 
 
 @dataclass(frozen=True)
-class PrimeRequest:
-    """`prime {id, text, settings}`: read `text` ahead of a TAB, while the writer pauses."""
-
-    id: str
-    text: str
-    settings: SamplingSettings = field(default_factory=SamplingSettings)
-
-    @classmethod
-    def from_payload(cls, payload, max_text_chars, base=None):
-        """Validate a `prime` payload: the same rules as `suggest`."""
-        suggest = SuggestRequest.from_payload(payload, max_text_chars, base)
-        return cls(suggest.id, suggest.text, suggest.settings)
+class PrimeRequest(SuggestRequest):
+    """`prime {id, text, settings}`: read `text` ahead of a TAB, while the writer pauses (the rules of `suggest`)."""
 
 
 @dataclass(frozen=True)
