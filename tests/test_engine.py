@@ -244,3 +244,20 @@ def test_a_batched_set_extends_like_one_longer_run(engine):
     finish_step(engine, first)
     longer = dataclasses.replace(GREEDY, length=16)
     assert [o.tokens for o in first.options] == [o.tokens for o in run(engine, "Once upon a time", longer)[0].options]
+
+
+def owns_its_memory(cache):
+    return all(t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+               for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def test_a_generation_that_leaves_a_batch_owns_its_cache(engine):
+    going_on = engine.start("The weather today is", GREEDY)[0]
+    ending = engine.start("A longer prompt about the history of the old town and its bridges",
+                          dataclasses.replace(GREEDY, length=2))[0]
+    engine.step_many([going_on, ending])
+    assert ending.finished and owns_its_memory(ending.cache), "a finished set is kept alone, not inside the batch"
+    assert not owns_its_memory(going_on.cache), "one that goes on keeps views until the next step"
+    engine.cancel(going_on)
+    assert owns_its_memory(going_on.cache)
+    assert going_on.cache.get_seq_length() == going_on.mask.shape[1]

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from .detokenizer import StreamingDetokenizer
 from .healing import TokenHealer
@@ -162,9 +163,11 @@ class Engine:
         for generation, length, live in zip(generations, lengths, lives):
             rows = slice(row, row + len(generation.options))
             row = rows.stop
-            generation.cache = _cut_cache(out.cache, rows, longest - length)
             self._advance(generation, live)
             deltas.append(self._sample(generation, out.logits[rows, -1, :]))
+            # a generation that goes on keeps views into the stack (the next step stacks them again);
+            # one that ended gets its own compact copy, to be kept for extend or dropped
+            generation.cache = _cut_cache(out.cache, rows, longest - length, compact=generation.finished)
         return deltas
 
     def _live(self, generation):
@@ -248,6 +251,7 @@ class Engine:
         for option in generation.options:
             if option.finish is None:
                 option.finish = "cancelled"
+        _compact(generation.cache)  # let go of the batch it was stacked in
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""
@@ -360,20 +364,72 @@ def _shallow_copy(cache):
 
 
 def _merge_caches(caches, pads):
-    """Stack caches along the batch, each left-padded by its entry in `pads` (the mask hides the padding)."""
+    """Caches to be stacked along the batch, each left-padded by its entry in `pads` (the mask hides the padding).
+
+    The stacking happens inside the forward pass, together with the new token's keys and
+    values, so that each step copies the caches once rather than twice.
+    """
     merged = _shallow_copy(caches[0])
-    for index, layer in enumerate(merged.layers):
-        for name in ("keys", "values"):
-            parts = [torch.nn.functional.pad(getattr(cache.layers[index], name), (0, 0, pad, 0))
-                     for cache, pad in zip(caches, pads)]
-            setattr(layer, name, torch.cat(parts))
+    merged.layers = [_StackingLayer(index, caches, pads) for index in range(len(caches[0].layers))]
     return merged
 
 
-def _cut_cache(merged, rows, pad):
-    """One generation's own cache back out of a stacked one: its rows, without its left padding."""
+def _cut_cache(merged, rows, pad, compact):
+    """One generation's cache back out of a stacked one: its rows without its left padding (views unless `compact`)."""
     own = _shallow_copy(merged)
-    for layer in own.layers:
-        layer.keys = layer.keys[rows, :, pad:, :].contiguous()
-        layer.values = layer.values[rows, :, pad:, :].contiguous()
-    return own
+    own.layers = []
+    for stacked in merged.layers:
+        layer = copy.copy(stacked.template)  # an ordinary layer of the model's own kind
+        layer.keys = stacked.keys[rows, :, pad:, :]
+        layer.values = stacked.values[rows, :, pad:, :]
+        own.layers.append(layer)
+    return _compact(own) if compact else own
+
+
+def _compact(cache):
+    """The cache with its own memory: views into a stacked batch become copies (no-op for the rest)."""
+    if cache is not None:
+        for layer in cache.layers:
+            if layer.keys is not None:
+                layer.keys, layer.values = _own(layer.keys), _own(layer.values)
+    return cache
+
+
+def _own(tensor):
+    """`tensor` in memory of its own: a view into a bigger one (even a contiguous view) is copied."""
+    if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
+        return tensor.contiguous()
+    return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
+
+
+class _StackingLayer(DynamicLayer):
+    """One layer of several generations' caches, stacked (left-padded) when the forward pass appends to it."""
+
+    def __init__(self, index, caches, pads):
+        super().__init__()
+        self.template = caches[0].layers[index]
+        self.parts = [(cache.layers[index].keys, cache.layers[index].values, pad) for cache, pad in zip(caches, pads)]
+        self.length = pads[0] + self.parts[0][0].shape[-2]  # the longest cache, which has no padding
+        self.device = self.parts[0][0].device
+        self.is_initialized = True
+
+    def get_seq_length(self):
+        return self.length if self.keys is None else self.keys.shape[-2]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Write every part and the new states into one buffer; padding is zeroed (0 weight × garbage is NaN)."""
+        batch, heads, new, width = key_states.shape
+        keys = key_states.new_empty((batch, heads, self.length + new, width))
+        values = value_states.new_empty((batch, heads, self.length + new, value_states.shape[-1]))
+        row = 0
+        for part_keys, part_values, pad in self.parts:
+            rows = slice(row, row + part_keys.shape[0])
+            row = rows.stop
+            keys[rows, :, :pad].zero_()
+            values[rows, :, :pad].zero_()
+            keys[rows, :, pad:self.length] = part_keys
+            values[rows, :, pad:self.length] = part_values
+        keys[:, :, self.length:] = key_states
+        values[:, :, self.length:] = value_states
+        self.keys, self.values, self.parts = keys, values, None
+        return keys, values
