@@ -162,3 +162,17 @@ def test_a_pause_in_typing_lets_the_server_read_ahead(page):
     wait_until_done(page)
     done = next(f for f in page.socket_frames if f.startswith('42["done"'))
     assert '"reused_tokens":' in done and '"reused_tokens":0' not in done
+
+
+def test_the_status_bar_shows_the_documents_perplexity_and_follows_the_text(page):
+    figure = page.locator("#status .status-perplexity")
+    write(page, "The cat sat on the mat.")
+    page.wait_for_function("() => document.querySelector('#status .status-perplexity').textContent !== ''")
+    plain = figure.text_content()
+    assert plain.startswith("perplexity ") and "tokens" in plain
+    write(page, " Purple algebra swims loudly beneath Tuesday.")
+    page.wait_for_function("shown => !['', shown].includes(document.querySelector('#status .status-perplexity')"
+                           ".textContent)", arg=plain)
+    surprised = figure.text_content()
+    assert float(surprised.split()[1]) > float(plain.split()[1]), "nonsense raises the perplexity"
+    page.screenshot(path=str(ARTIFACTS / "status-perplexity.png"))

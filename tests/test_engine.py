@@ -261,3 +261,26 @@ def test_a_generation_that_leaves_a_batch_owns_its_cache(engine):
     engine.cancel(going_on)
     assert owns_its_memory(going_on.cache)
     assert going_on.cache.get_seq_length() == going_on.mask.shape[1]
+
+
+def test_perplexity_is_exp_of_the_mean_negative_log_likelihood(engine, embedded):
+    text = "The cat sat on the mat. It was a sunny day, and the children played outside."
+    scores = engine.score(text)
+    ids = embedded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():  # directly: each token given all the ones before it, after start-of-text
+        inputs = torch.tensor([[engine.start_id] + ids])
+        logprobs = torch.log_softmax(embedded.model(input_ids=inputs).logits[0, :-1].float(), dim=-1)
+        nll = -logprobs[torch.arange(len(ids)), torch.tensor(ids)]
+    assert scores["perplexity"] == pytest.approx(float(torch.exp(nll.mean())), rel=1e-4)
+    assert [t["logprob"] for t in scores["tokens"]] == pytest.approx((-nll).tolist(), abs=1e-4)
+    assert "".join(t["text"] for t in scores["tokens"]) == text
+    surprising = engine.score("The cat sat on the mat. Purple algebra swims loudly beneath Tuesday.")["perplexity"]
+    assert surprising > scores["perplexity"], "nonsense surprises the model more"
+
+
+def test_scoring_keeps_the_last_context_window(engine, tiny):
+    small = Engine(tiny)  # a 256-token window
+    total = len(tiny.tokenizer("word " * 400, add_special_tokens=False)["input_ids"])
+    scores = small.score("word " * 400)
+    assert len(scores["tokens"]) == 255 and scores["truncated_tokens"] == total - 255
+    assert engine.score("")["perplexity"] is None

@@ -308,3 +308,13 @@ def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
     alone = connect(embedded_app)
     alone.emit("suggest", {"id": "a", "text": texts[1], "settings": {**GREEDY, "length": 12, "n": 2}})
     assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]
+
+
+def test_score_answers_with_the_documents_perplexity(embedded_app):
+    client = connect(embedded_app)
+    client.emit("score", {"id": "sc", "text": "Once upon a time there was a princess."})
+    [score] = payloads(wait_for(client, "sc", event="score"), "score", "sc")
+    assert score["perplexity"] > 1 and len(score["tokens"]) >= 8
+    assert all(t["logprob"] <= 0 for t in score["tokens"])
+    client.emit("score", {"id": "bad", "text": None})
+    assert payloads(wait_for(client, "bad", event="error"), "error", "bad")[0]["field"] == "text"

@@ -197,6 +197,25 @@ class Engine:
         return self._sample(generation, out.logits[:, -1, :])
 
     @torch.inference_mode()
+    def score(self, text):
+        """How likely the model finds `text` (its last context window): per-token log-probabilities and perplexity.
+
+        Every token is predicted from the ones before it; the first from the start-of-text
+        token. Perplexity is exp of the mean negative log-likelihood over the scored tokens.
+        """
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        truncated = max(0, len(ids) - (self.loaded.max_context - 1))
+        ids = ids[truncated:]
+        if not ids:
+            return {"tokens": [], "perplexity": None, "truncated_tokens": truncated}
+        inputs = torch.tensor([[self.start_id] + ids[:-1]], device=self.device)
+        logits = self.model(input_ids=inputs).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids, device=self.device)[:, None])[:, 0]
+        pieces = [self._decode([token]) for token in ids]
+        tokens = [{"text": piece, "logprob": round(value, 5)} for piece, value in zip(pieces, logprobs.tolist())]
+        return {"tokens": tokens, "perplexity": float(torch.exp(-logprobs.mean())), "truncated_tokens": truncated}
+
+    @torch.inference_mode()
     def prime(self, text, settings, prefix=None, chunk=PRIME_CHUNK):
         """Read up to `chunk` more tokens of the prompt `text` would give; return (Prefix or None, all read).
 

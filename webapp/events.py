@@ -4,7 +4,7 @@ from flask_socketio import ConnectionRefusedError
 
 from . import protocol
 from .access import SESSION_COOKIE
-from .protocol import CancelRequest, ExtendRequest, PrimeRequest, ProtocolError, SuggestRequest
+from .protocol import CancelRequest, ExtendRequest, PrimeRequest, ProtocolError, ScoreRequest, SuggestRequest
 
 
 def register_events(socketio, scheduler, loader, classroom, max_text_chars):
@@ -63,6 +63,13 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
         try:
             prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
             scheduler.prime(request.sid, PrimeRequest(prime.id, prime.text, classroom.policy.apply(prime.settings)))
+        except ProtocolError as error:
+            reply_error(payload, error)
+
+    @socketio.on(protocol.SCORE)
+    def on_score(payload=None):
+        try:
+            scheduler.score(request.sid, ScoreRequest.from_payload(payload, max_text_chars))
         except ProtocolError as error:
             reply_error(payload, error)
 

@@ -11,6 +11,7 @@ SUGGEST = "suggest"
 EXTEND = "extend"
 CANCEL = "cancel"
 PRIME = "prime"
+SCORE = "score"  # both ways: the client asks with {id, text}, the server answers with the scores
 # Server -> client
 DELTA = "delta"
 DONE = "done"
@@ -19,8 +20,8 @@ STATUS = "status"
 POLICY = "policy"
 PRIMED = "primed"
 
-CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME)
-SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED)
+CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME, SCORE)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED, SCORE)
 
 # Why an option stopped, as sent in `done.finish`.
 FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
@@ -163,6 +164,21 @@ class PrimeRequest(SuggestRequest):
 
 
 @dataclass(frozen=True)
+class ScoreRequest:
+    """`score {id, text}`: how likely the model finds `text` (the page sends the whole document)."""
+
+    id: str
+    text: str
+
+    @classmethod
+    def from_payload(cls, payload, max_text_chars):
+        """Validate a `score` payload: an id and a text within the size limit."""
+        suggest = SuggestRequest.from_payload({"id": _check_object(payload).get("id"), "text": payload.get("text")},
+                                              max_text_chars)
+        return cls(suggest.id, suggest.text)
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     """`cancel {id}`: stop a request that is still running."""
 
@@ -187,6 +203,11 @@ def done_payload(request_id, options, finish, stats):
 def primed_payload(request_id, tokens):
     """`primed`: the text of prime `request_id` is read, `tokens` of it kept for the next TAB."""
     return {"id": request_id, "tokens": tokens}
+
+
+def score_payload(request_id, scores):
+    """`score`: per-token log-probabilities and the perplexity of the scored text."""
+    return {"id": request_id, **scores}
 
 
 def error_payload(request_id, error):

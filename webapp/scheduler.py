@@ -57,6 +57,7 @@ class Scheduler:
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
         self.primes = OrderedDict()  # sid -> PrimeRequest still to read, in turn, when no request waits
+        self.scores = OrderedDict()  # sid -> ScoreRequest to answer when nothing else waits
         self.prefix_budget_bytes = prefix_budget_bytes
         self.wakeup = runner.event()
         self.running = False
@@ -78,6 +79,10 @@ class Scheduler:
     def prime(self, sid, request):
         """Read a tab's text ahead of its TAB when the model is otherwise idle (the newest text wins)."""
         self._post("prime", sid, request)
+
+    def score(self, sid, request):
+        """Score a tab's text when the model is otherwise idle (the newest text wins)."""
+        self._post("score", sid, request)
 
     def cancel(self, sid, request_id):
         """Stop request `request_id` of client `sid` if it is still running."""
@@ -111,6 +116,9 @@ class Scheduler:
             if not self.tasks:
                 if self.primes:  # the lowest priority: a request that arrives waits for one chunk at most
                     self._prime_one()
+                    continue
+                if self.scores:
+                    self._score_one()
                     continue
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
@@ -209,6 +217,9 @@ class Scheduler:
             elif kind == "cancel":
                 self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
                                      and task.id == request_id)
+            elif kind == "score":
+                self.scores.pop(sid, None)
+                self.scores[sid] = argument
             elif kind == "prime":
                 self.primes.pop(sid, None)
                 self.primes[sid] = argument  # the newest text, at the back of the line
@@ -251,6 +262,7 @@ class Scheduler:
             del self.finished[key]
         self.prefixes.pop(sid, None)
         self.primes.pop(sid, None)
+        self.scores.pop(sid, None)
 
     def _keep(self, sid, request_id, generation):
         """Remember a finished set; drop old sets and release caches over the memory budget."""
@@ -280,6 +292,18 @@ class Scheduler:
             self.emit(protocol.PRIMED, protocol.primed_payload(request.id, len(prefix.ids) if prefix else 0), to=sid)
         else:
             self.primes.setdefault(sid, request)  # unless a newer text for this tab came in meanwhile
+
+    def _score_one(self):
+        """Answer the longest-waiting `score`."""
+        sid, request = self.scores.popitem(last=False)
+        try:
+            scores = self.runner.run_blocking(self.engine.score, request.text)
+        except Exception:
+            log.exception("scoring failed for %s", request.id)
+            error = ProtocolError("the model failed while scoring; please try again", code=protocol.INTERNAL)
+            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
+            return
+        self.emit(protocol.SCORE, protocol.score_payload(request.id, scores), to=sid)
 
     def _keep_prefix(self, sid, prefix):
         """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""

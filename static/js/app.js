@@ -15,7 +15,7 @@ const MODIFIER_KEYS = new Set(["Shift", "Control", "Alt", "Meta", "CapsLock", "A
 const editor = new Editor($("editor"));
 const statusBar = new StatusBar({
   root: $("status"), connection: $("statusConnection"), model: $("statusModel"), device: $("statusDevice"),
-  loading: $("statusLoading"), timing: $("statusTiming"), warning: $("statusWarning"), message: $("statusMessage"),
+  loading: $("statusLoading"), timing: $("statusTiming"), perplexity: $("statusPerplexity"), warning: $("statusWarning"), message: $("statusMessage"),
 });
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
@@ -39,11 +39,12 @@ let current = -1;
 let active = null; // the request in flight: { id, set, sentAt, firstAt }
 let primeTimer = null;
 let lastPrimed = null; // the text the server last read ahead of Tab
+let lastScored = null; // the document whose perplexity the status bar shows
 
 const connection = new Connection({
   connect: () => {
     statusBar.connection("connected", "connected");
-    lastPrimed = null; // a new connection (or a restarted server) has read nothing yet
+    lastPrimed = lastScored = null; // a new connection (or a restarted server) has read nothing yet
     schedulePrime();
   },
   disconnect: (reason) => {
@@ -59,6 +60,7 @@ const connection = new Connection({
   },
   status: (status) => statusBar.model(status),
   policy: (policy) => settings.applyPolicy(policy),
+  score: ({ perplexity, tokens }) => statusBar.perplexity(perplexity, tokens.length),
   delta: onDelta,
   done: onDone,
   error: onError,
@@ -222,14 +224,23 @@ editor.textarea.addEventListener("input", () => {
 });
 
 // Priming: when the writer pauses, the server reads the text before the caret, so that
-// Tab only has to pick the first words. Nothing is sent for text it already has.
+// Tab only has to pick the first words; and it scores the whole document, for the
+// perplexity in the status bar. Nothing is sent for text it already has.
 function schedulePrime() {
   clearTimeout(primeTimer);
   primeTimer = setTimeout(() => {
+    if (popup.isOpen || !connection.socket.connected) return;
     const text = editor.textBeforeCaret();
-    if (popup.isOpen || !connection.socket.connected || text === lastPrimed || !text.trim()) return;
-    lastPrimed = text;
-    connection.send("prime", { id: connection.nextId(), text, settings: settings.values() });
+    if (text !== lastPrimed && text.trim()) {
+      lastPrimed = text;
+      connection.send("prime", { id: connection.nextId(), text, settings: settings.values() });
+    }
+    const whole = editor.tail(editor.text);
+    if (whole !== lastScored) {
+      lastScored = whole;
+      if (whole.trim()) connection.send("score", { id: connection.nextId(), text: whole });
+      else statusBar.perplexity(null);
+    }
   }, PRIME_DELAY_MS);
 }
 window.addEventListener("pagehide", saveDocument);

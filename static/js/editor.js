@@ -23,11 +23,15 @@ export class Editor {
   // The text the model continues. A long document sends only its end: the model reads at most
   // its context window (about 4000 characters for GPT-2), and the server caps a request's text.
   textBeforeCaret() {
-    const before = this.textarea.value.slice(0, this.textarea.selectionStart);
-    const limit = Number(this.textarea.dataset.maxChars) || before.length;
-    if (before.length <= limit) return before;
-    const tail = before.slice(-limit);
-    return /^[\uDC00-\uDFFF]/.test(tail) ? tail.slice(1) : tail; // never half an emoji
+    return this.tail(this.textarea.value.slice(0, this.textarea.selectionStart));
+  }
+
+  // The end of `text` that the server accepts (data-max-chars), never starting with half an emoji.
+  tail(text) {
+    const limit = Number(this.textarea.dataset.maxChars) || text.length;
+    if (text.length <= limit) return text;
+    const end = text.slice(-limit);
+    return /^[\uDC00-\uDFFF]/.test(end) ? end.slice(1) : end;
   }
 
   restore(text, caret) {

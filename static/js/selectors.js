@@ -18,6 +18,7 @@ export const SELECTORS = {
   statusDevice: "#status .status-device",
   statusLoading: "#status .status-loading",
   statusTiming: "#status .status-timing",
+  statusPerplexity: "#status .status-perplexity",
   statusWarning: "#status .status-warning",
   statusMessage: "#status .status-message",
   publish: "#publish",

@@ -22,6 +22,10 @@ export class StatusBar {
     this.el.warning.hidden = !text;
   }
 
+  perplexity(value, tokens) {
+    this.el.perplexity.textContent = value === null ? "" : `perplexity ${value.toFixed(1)} (${tokens} tokens)`;
+  }
+
   timing(firstOptionMs) {
     this.el.timing.textContent = `first option in ${Math.round(firstOptionMs)} ms`;
   }
