@@ -2,7 +2,7 @@
 import dataclasses
 import subprocess
 import sys
-import threading
+import time
 
 import pytest
 import requests
@@ -44,6 +44,14 @@ def join(server, name):
     return {"Cookie": f"tabwrite_session={answer.cookies['tabwrite_session']}"}
 
 
+def wait_until(condition, timeout=10.0):
+    """Poll `condition` until it holds or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def refused(url, headers, origin=None):
     """True when the server refuses a Socket.IO connection with these headers and Origin."""
     try:
@@ -83,13 +91,7 @@ def test_an_oversized_message_disconnects_only_its_sender(class_server):
     steady = Recorder(class_server.url, join(class_server, "Steady"))
     try:
         flooder.client.emit("suggest", {"id": "big", "text": "x" * 70_000})
-        flooder.client.sleep(0)
-        deadline = threading.Event()
-        for _ in range(100):
-            if not flooder.client.connected:
-                break
-            deadline.wait(0.1)
-        assert not flooder.client.connected, "a message over 64 KB should close its connection"
+        assert wait_until(lambda: not flooder.client.connected), "a message over 64 KB should close its connection"
         assert flooder.find("done", "big") is None and flooder.find("error", "big") is None
         steady.client.emit("suggest", {"id": "fine", "text": "Hello", "settings": {**GREEDY, "length": 2}})
         _, done = steady.wait("done", "fine")
@@ -123,11 +125,7 @@ def test_the_teacher_sees_the_class_and_disconnects_a_student(class_server):
         assert answer.json() == {"disconnected": 1}
         _, notice = student.wait("error")
         assert notice["code"] == "signed_out"
-        for _ in range(100):
-            if not student.client.connected:
-                break
-            threading.Event().wait(0.05)
-        assert not student.client.connected
+        assert wait_until(lambda: not student.client.connected)
     finally:
         student.close()
 
