@@ -1,4 +1,6 @@
 """Socket.IO handlers: admit the connection, validate the payload, apply the class's limits, queue."""
+import functools
+
 from flask import request
 from flask_socketio import ConnectionRefusedError
 
@@ -38,44 +40,46 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
         scheduler.disconnect(request.sid)
         classroom.disconnect(request.sid)
 
+    def replying_errors(handler):
+        """Run `handler(payload)`; a ProtocolError it raises becomes an `error` reply to this client."""
+
+        @functools.wraps(handler)
+        def guarded(payload=None):
+            try:
+                handler(payload)
+            except ProtocolError as error:
+                reply_error(payload, error)
+
+        return guarded
+
     @socketio.on(protocol.SUGGEST)
-    def on_suggest(payload=None):
-        try:
-            suggest = SuggestRequest.from_payload(payload, max_text_chars, classroom.policy.base())
-            settings = classroom.admit(classroom.student_of(request.sid), suggest.settings)
-            submit(SuggestRequest(suggest.id, suggest.text, settings))
-        except ProtocolError as error:
-            reply_error(payload, error)
+    @replying_errors
+    def on_suggest(payload):
+        suggest = SuggestRequest.from_payload(payload, max_text_chars, classroom.policy.base())
+        settings = classroom.admit(classroom.student_of(request.sid), suggest.settings)
+        submit(SuggestRequest(suggest.id, suggest.text, settings))
 
     @socketio.on(protocol.EXTEND)
-    def on_extend(payload=None):
-        try:
-            extend = ExtendRequest.from_payload(payload)
-            overrides = classroom.policy.apply_overrides(extend.settings)
-            classroom.admit(classroom.student_of(request.sid), None)
-            submit(ExtendRequest(extend.id, extend.parent, overrides))
-        except ProtocolError as error:
-            reply_error(payload, error)
+    @replying_errors
+    def on_extend(payload):
+        extend = ExtendRequest.from_payload(payload)
+        overrides = classroom.policy.apply_overrides(extend.settings)
+        classroom.admit(classroom.student_of(request.sid), None)
+        submit(ExtendRequest(extend.id, extend.parent, overrides))
 
     @socketio.on(protocol.PRIME)
-    def on_prime(payload=None):
+    @replying_errors
+    def on_prime(payload):
         # not rate-limited or queued: one pending text per tab, read only while the model is idle
-        try:
-            prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
-            scheduler.prime(request.sid, PrimeRequest(prime.id, prime.text, classroom.policy.apply(prime.settings)))
-        except ProtocolError as error:
-            reply_error(payload, error)
+        prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
+        scheduler.prime(request.sid, PrimeRequest(prime.id, prime.text, classroom.policy.apply(prime.settings)))
 
     @socketio.on(protocol.SCORE)
-    def on_score(payload=None):
-        try:
-            scheduler.score(request.sid, ScoreRequest.from_payload(payload, max_text_chars))
-        except ProtocolError as error:
-            reply_error(payload, error)
+    @replying_errors
+    def on_score(payload):
+        scheduler.score(request.sid, ScoreRequest.from_payload(payload, max_text_chars))
 
     @socketio.on(protocol.CANCEL)
-    def on_cancel(payload=None):
-        try:
-            scheduler.cancel(request.sid, CancelRequest.from_payload(payload).id)
-        except ProtocolError as error:
-            reply_error(payload, error)
+    @replying_errors
+    def on_cancel(payload):
+        scheduler.cancel(request.sid, CancelRequest.from_payload(payload).id)

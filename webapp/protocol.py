@@ -122,13 +122,7 @@ class SuggestRequest:
     def from_payload(cls, payload, max_text_chars, base=None):
         """Validate a `suggest` payload; settings it leaves out come from `base` (the class's defaults)."""
         payload = _check_object(payload)
-        text = payload.get("text")
-        if not isinstance(text, str):
-            raise ProtocolError("text must be a string", "text")
-        if len(text) > max_text_chars:
-            raise ProtocolError(f"text must be at most {max_text_chars} characters (got {len(text)})", "text")
-        if not _is_valid_unicode(text):
-            raise ProtocolError("text must be valid Unicode (it holds half of a surrogate pair)", "text")
+        text = _check_text(payload, max_text_chars)
         settings = payload.get("settings") or {}
         if "n" in payload and isinstance(settings, dict):  # `n` may sit beside the settings, as in the design
             settings = {"n": payload["n"], **settings}
@@ -173,9 +167,8 @@ class ScoreRequest:
     @classmethod
     def from_payload(cls, payload, max_text_chars):
         """Validate a `score` payload: an id and a text within the size limit."""
-        suggest = SuggestRequest.from_payload({"id": _check_object(payload).get("id"), "text": payload.get("text")},
-                                              max_text_chars)
-        return cls(suggest.id, suggest.text)
+        text = _check_text(_check_object(payload), max_text_chars)
+        return cls(id=_check_id(payload), text=text)
 
 
 @dataclass(frozen=True)
@@ -223,6 +216,17 @@ def request_id_of(payload):
     if isinstance(payload, dict) and isinstance(payload.get("id"), (str, int)):
         return str(payload["id"])[:MAX_ID_CHARS]
     return None
+
+
+def _check_text(payload, max_text_chars):
+    text = payload.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError("text must be a string", "text")
+    if len(text) > max_text_chars:
+        raise ProtocolError(f"text must be at most {max_text_chars} characters (got {len(text)})", "text")
+    if not _is_valid_unicode(text):
+        raise ProtocolError("text must be valid Unicode (it holds half of a surrogate pair)", "text")
+    return text
 
 
 def _is_valid_unicode(text):
