@@ -3,9 +3,10 @@
 The scheduler is the only bridge between the socket handlers and the engine.
 Handlers only append commands to an inbox; one loop (a green thread under
 eventlet) applies them between model calls and runs every model call in a real
-OS thread through the Runner. Each turn reads one new request's prompt, then
-gives every writing request of every client one more token in a single forward
-pass. So no lock guards the model, cancelling is just dropping a task, and each
+OS thread through the Runner. Each turn reads new requests' prompts (for up to
+PREFILL_SLICE), then gives every other writing request of every client one more
+token in a single forward pass; priming and scoring run only when no request
+waits. So no lock guards the model, cancelling is just dropping a task, and each
 client's events leave in order.
 """
 import logging
@@ -218,11 +219,9 @@ class Scheduler:
                 self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
                                      and task.id == request_id)
             elif kind == "score":
-                self.scores.pop(sid, None)
-                self.scores[sid] = argument
+                _replace_at_back(self.scores, sid, argument)
             elif kind == "prime":
-                self.primes.pop(sid, None)
-                self.primes[sid] = argument  # the newest text, at the back of the line
+                _replace_at_back(self.primes, sid, argument)
             elif kind == "disconnect":
                 self._forget(sid)
 
@@ -318,6 +317,12 @@ class Scheduler:
     def load(self):
         """How busy the scheduler is right now."""
         return {"running": len(self.tasks), "waiting": len(self.inbox)}
+
+
+def _replace_at_back(pending, sid, request):
+    """The tab's newest idle-time request replaces its older one and waits at the back of the line."""
+    pending.pop(sid, None)
+    pending[sid] = request
 
 
 def _ms(start, end):
