@@ -29,6 +29,8 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from webapp.metrics import percentile  # noqa: E402 (after the path is set; the dashboard's own percentile)
+
 WORDS = ("the river school garden morning story quiet teacher window friend summer light music city "
          "bridge letter forest winter train evening market question answer journey").split()
 OPENINGS = ["Yesterday our class", "The most surprising thing about", "Dear diary, today", "In the year 2050,",
@@ -152,13 +154,6 @@ def start_server(args):
             time.sleep(0.5)
     process.kill()
     raise SystemExit(f"the server did not get ready; see {log.name}")
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(0, -(-len(ordered) * p // 100) - 1)], 1)
 
 
 def server_figures(url, token):
