@@ -284,3 +284,132 @@ def test_scoring_keeps_the_last_context_window(engine, tiny):
     scores = small.score("word " * 400)
     assert len(scores["tokens"]) == 255 and scores["truncated_tokens"] == total - 255
     assert engine.score("")["perplexity"] is None
+
+
+def utf16_slice(text, start, end):
+    """`text[start:end]` with positions in UTF-16 code units, as the page counts them."""
+    return text.encode("utf-16-le")[2 * start:2 * end].decode("utf-16-le")
+
+
+def test_scored_tokens_carry_rank_alternatives_and_where_they_end(engine, embedded):
+    text = "My 🙂 cat sat on the mat.\n\nThe  end"
+    scores = engine.score(text)
+    tokens = scores["tokens"]
+    assert scores["scored_from"] == 0 and tokens[-1]["end"] == len(text.encode("utf-16-le")) // 2
+    starts = [0] + [t["end"] for t in tokens[:-1]]
+    assert "".join(utf16_slice(text, a, t["end"]) for a, t in zip(starts, tokens)) == text
+    assert utf16_slice(text, starts[1], tokens[1]["end"]) == " 🙂", "the page's slices follow the tokens"
+    for token in tokens:
+        top = token["top"]
+        assert len(top) == 5 and [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert (token["rank"] == 1) == (token["text"] == top[0]["text"])
+        assert token["rank"] >= 1 and token["logprob"] <= top[0]["logprob"] + 1e-4
+    with torch.inference_mode():  # the rank directly: tokens the model found likelier, plus one
+        ids = embedded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        logits = embedded.model(input_ids=torch.tensor([[engine.start_id] + ids])).logits[0, :-1].float()
+        direct = [int((row > row[token]).sum()) + 1 for row, token in zip(logits, ids)]
+    assert [t["rank"] for t in tokens] == direct
+
+
+def test_scoring_a_long_text_says_where_the_scored_part_starts(engine, tiny):
+    small = Engine(tiny)
+    text = "word " * 400
+    scores = small.score(text)
+    # "word", then " word" again and again: the scored part starts after the last dropped one
+    assert scores["scored_from"] == 4 + 5 * (scores["truncated_tokens"] - 1)
+    assert scores["tokens"][-1]["end"] == len(text)
+
+
+def test_each_option_reports_the_models_likelihood_of_its_tokens(engine, embedded):
+    generation, _ = run(engine, "Once", dataclasses.replace(GREEDY, length=6))
+    option = generation.options[0]
+    with torch.inference_mode():
+        ids = generation.prompt_ids + option.tokens
+        logprobs = torch.log_softmax(embedded.model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+        direct = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][-len(option.tokens):].mean()
+    [likelihood] = generation.likelihoods()
+    assert likelihood["logprob"] == pytest.approx(float(direct), abs=1e-4)
+    assert likelihood["perplexity"] == pytest.approx(float(torch.exp(-direct)), rel=1e-3)
+
+
+def test_greedy_mode_ignores_temperature_and_equals_generate(engine):
+    hot = SamplingSettings(n=1, mode="greedy", temperature=1.5, top_k=0, top_p=1.0, length=8, stop_at="length")
+    greedy, _ = run(engine, "Once", hot)
+    plain, _ = run(engine, "Once", GREEDY)
+    assert greedy.options[0].tokens == plain.options[0].tokens
+
+
+def test_no_repeat_ngram_equals_generate_with_the_same_size(engine):
+    settings = dataclasses.replace(GREEDY, length=24, no_repeat_ngram=1)
+    generation, _ = run(engine, "Once", settings)
+    prompt = torch.tensor([generation.prompt_ids])
+    expected = engine.model.generate(prompt, max_new_tokens=24, do_sample=False, no_repeat_ngram_size=1,
+                                     attention_mask=torch.ones_like(prompt))
+    assert generation.options[0].tokens == expected[0, 1:].tolist()
+    unbanned, _ = run(engine, "Once", dataclasses.replace(GREEDY, length=24))
+    assert unbanned.options[0].tokens != generation.options[0].tokens, "the ban changed something"
+
+
+@pytest.mark.parametrize("beams, n, no_repeat", [(4, 3, 0), (3, 1, 3)])
+def test_beam_search_equals_generate_with_the_same_beams(engine, beams, n, no_repeat):
+    settings = SamplingSettings(n=n, mode="beam", beams=beams, length=10, no_repeat_ngram=no_repeat)
+    text = "The capital of France is"
+    generation, deltas = engine.start(text, settings)
+    assert generation.finished and generation.healed == "" and deltas == generation.texts()
+    prompt = torch.tensor([generation.prompt_ids])
+    from webapp.engine import beam_arguments
+
+    expected = engine.model.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=engine.pad_id,
+                                     **beam_arguments(settings, n, 10))
+    for option, row in zip(generation.options, expected[:, prompt.shape[1]:].tolist()):
+        assert option.tokens == row[:len(option.tokens)]
+        assert all(token == engine.pad_id for token in row[len(option.tokens):])
+    assert len(set(generation.texts())) == n, "the n best beams differ"
+    likelihoods = [likelihood["logprob"] for likelihood in generation.likelihoods()]
+    assert all(value < 0 for value in likelihoods)
+
+
+def test_beam_search_extends_every_option_by_another_search(engine):
+    settings = SamplingSettings(n=2, mode="beam", beams=3, length=6)
+    generation, _ = engine.start("The weather today is", settings)
+    before = generation.texts()
+    engine.extend(generation)
+    [deltas] = engine.step_many([generation])
+    assert generation.finished
+    assert [b + d for b, d in zip(before, deltas)] == generation.texts()
+    assert all(option.step_tokens > 0 for option in generation.options)
+
+
+def test_beam_and_sampled_generations_step_together(engine):
+    beam = engine.start("Hello", SamplingSettings(n=1, mode="beam", beams=2, length=4))[0]
+    sampled, _ = engine.start("Hello", dataclasses.replace(GREEDY, length=4))
+    alone, _ = run(engine, "Hello", dataclasses.replace(GREEDY, length=4))
+    engine.extend(beam)
+    while not (beam.finished and sampled.finished):
+        engine.step_many([g for g in (beam, sampled) if not g.finished])
+    assert sampled.texts() == alone.texts() and beam.finished
+
+
+def test_next_token_distribution_is_the_models_and_reuses_the_prefix(engine, embedded):
+    text = "The capital of France is"
+    logits, prefix = engine.next_token_logits(text)
+    with torch.inference_mode():
+        ids = embedded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        direct = embedded.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    assert torch.allclose(logits, direct, atol=1e-4)
+    longer, _ = engine.next_token_logits(text + " Paris", prefix)
+    with torch.inference_mode():
+        ids = embedded.tokenizer(text + " Paris", add_special_tokens=False)["input_ids"]
+        direct = embedded.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    assert torch.allclose(longer, direct, atol=1e-4)
+
+    model = engine.distribution(logits, SamplingSettings(temperature=1.0, top_k=0, top_p=1.0))
+    probs = torch.softmax(logits, dim=-1)
+    assert model["tokens"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert all(t["prob"] == pytest.approx(t["shaped"], abs=1e-5) for t in model["tokens"]), "nothing reshaped"
+    assert model["candidates"] == model["vocabulary"] == logits.shape[-1]
+    narrow = engine.distribution(logits, SamplingSettings(temperature=1.0, top_k=3, top_p=1.0))
+    assert narrow["candidates"] == 3 and sum(t["shaped"] for t in narrow["tokens"][:3]) == pytest.approx(1, abs=1e-5)
+    assert all(t["shaped"] == 0 for t in narrow["tokens"][3:])
+    greedy = engine.distribution(logits, SamplingSettings(mode="greedy"))
+    assert greedy["candidates"] == 1 and greedy["tokens"][0]["shaped"] == 1.0

@@ -4,6 +4,7 @@ Tests that must catch a request while it is still running use the embedded model
 and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 """
 import dataclasses
+import math
 import time
 
 import pytest
@@ -318,3 +319,39 @@ def test_score_answers_with_the_documents_perplexity(embedded_app):
     assert all(t["logprob"] <= 0 for t in score["tokens"])
     client.emit("score", {"id": "bad", "text": None})
     assert payloads(wait_for(client, "bad", event="error"), "error", "bad")[0]["field"] == "text"
+
+
+def test_distribution_reads_the_text_once_and_reshapes_for_new_settings(embedded_app):
+    client = connect(embedded_app)
+    engine = embedded_app.extensions["tabwrite"].scheduler.engine
+    calls = []
+    original = engine.next_token_logits
+    engine.next_token_logits = lambda *args: calls.append(args[0]) or original(*args)
+    try:
+        text = "The capital of France is"
+        client.emit("distribution", {"id": "d1", "text": text, "settings": {"temperature": 1.0, "top_k": 0,
+                                                                              "top_p": 1.0}})
+        [wide] = payloads(wait_for(client, "d1", event="distribution"), "distribution", "d1")
+        client.emit("distribution", {"id": "d2", "text": text, "settings": {"temperature": 1.0, "top_k": 2}})
+        [narrow] = payloads(wait_for(client, "d2", event="distribution"), "distribution", "d2")
+    finally:
+        del engine.next_token_logits
+    assert calls == [text], "the second answer reshaped the kept logits"
+    assert wide["tokens"][0]["text"] == narrow["tokens"][0]["text"] == " Paris"
+    assert wide["candidates"] == wide["vocabulary"] and narrow["candidates"] == 2
+    assert narrow["tokens"][0]["shaped"] > wide["tokens"][0]["shaped"]
+    client.emit("distribution", {"id": "bad", "text": text, "settings": {"top_k": -1}})
+    assert payloads(wait_for(client, "bad", event="error"), "error", "bad")[0]["field"] == "settings.top_k"
+
+
+def test_done_says_how_likely_each_option_is_and_which_settings_wrote_it(embedded_app):
+    client = connect(embedded_app)
+    client.emit("suggest", {"id": "b", "text": "The capital of France is",
+                            "settings": {"mode": "beam", "beams": 3, "n": 2, "length": 6}})
+    [done] = payloads(wait_for(client, "b"), "done", "b")
+    assert len(done["likelihood"]) == 2 and all(item["logprob"] < 0 for item in done["likelihood"])
+    assert done["likelihood"][0]["perplexity"] == pytest.approx(math.exp(-done["likelihood"][0]["logprob"]), rel=1e-3)
+    assert done["stats"]["settings"]["mode"] == "beam" and done["stats"]["settings"]["beams"] == 3
+    client.emit("extend", {"id": "b2", "parent": "b", "settings": {"length": 4}})
+    [longer] = payloads(wait_for(client, "b2"), "done", "b2")
+    assert all(new.startswith(old) and new != old for old, new in zip(done["options"], longer["options"]))

@@ -125,3 +125,25 @@ def test_text_with_half_a_surrogate_pair_is_refused():
     with pytest.raises(ProtocolError) as error:
         SuggestRequest.from_payload({"id": "x", "text": "emoji cut in half \ud83d"}, 100)
     assert error.value.field == "text" and "Unicode" in str(error.value)
+
+
+def test_decoding_modes_and_their_settings():
+    request = suggest(settings={"mode": "beam", "beams": 5, "n": 5, "no_repeat_ngram": 3})
+    assert (request.settings.mode, request.settings.beams, request.settings.no_repeat_ngram) == ("beam", 5, 3)
+    for settings, field in [({"mode": "nucleus"}, "settings.mode"), ({"mode": "beam", "beams": 2, "n": 3}, "settings.n"),
+                            ({"beams": 9}, "settings.beams"), ({"no_repeat_ngram": -1}, "settings.no_repeat_ngram")]:
+        with pytest.raises(ProtocolError) as error:
+            suggest(settings=settings)
+        assert error.value.field == field
+    assert suggest(settings={"mode": "greedy", "n": 5}).settings.mode == "greedy", "greedy ignores the beams"
+    with pytest.raises(ProtocolError) as error:
+        ExtendRequest.from_payload({"id": "e", "parent": "r1", "settings": {"mode": "greedy"}})
+    assert error.value.field == "settings.mode"
+
+
+def test_distribution_requests_follow_the_rules_of_suggest():
+    request = protocol.DistributionRequest.from_payload({"id": "d", "text": "Hi", "settings": {"top_k": 3}}, LIMIT)
+    assert request.settings.top_k == 3
+    with pytest.raises(ProtocolError) as error:
+        protocol.DistributionRequest.from_payload({"id": "d", "text": "x" * (LIMIT + 1)}, LIMIT)
+    assert error.value.field == "text"

@@ -2,7 +2,7 @@
 import torch
 
 from webapp.protocol import SamplingSettings
-from webapp.sampling import choose_next_tokens, keep_top_k, keep_top_p
+from webapp.sampling import choose_next_tokens, keep_top_k, keep_top_p, reshape
 
 INF = float("-inf")
 
@@ -47,3 +47,23 @@ def test_same_seed_same_draws():
     first = choose_next_tokens(logits, settings, torch.Generator().manual_seed(42))
     again = choose_next_tokens(logits, settings, torch.Generator().manual_seed(42))
     assert first.tolist() == again.tolist()
+
+
+def test_reshaping_matches_a_hand_computation():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    # T = 0.5 squares the probabilities: .25 .09 .0225 .0025; top-k 3 drops the last;
+    # top-p .9: after .25/.3625 = .69 the next reaches .94, so the third goes too; renormalized over .34
+    shaped = reshape(logits, SamplingSettings(temperature=0.5, top_k=3, top_p=0.9))
+    assert torch.allclose(shaped, torch.tensor([[0.25 / 0.34, 0.09 / 0.34, 0.0, 0.0]]), atol=1e-6)
+    # T = 2 takes square roots: .7071 .5477 .3873 .2236 (sum 1.8657); top-k and top-p off
+    shaped = reshape(logits, SamplingSettings(temperature=2.0, top_k=0, top_p=1.0))
+    roots = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
+    assert torch.allclose(shaped, (roots / roots.sum())[None], atol=1e-6)
+    assert reshape(logits, SamplingSettings(mode="greedy")).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    beam = reshape(logits, SamplingSettings(mode="beam", temperature=0.5, top_k=1))
+    assert torch.allclose(beam, torch.tensor([[0.5, 0.3, 0.15, 0.05]]), atol=1e-6), "beams use the model's own"
+
+
+def test_greedy_mode_picks_the_largest_whatever_the_temperature():
+    logits = torch.tensor([[0.1, 3.0, 2.0]])
+    assert choose_next_tokens(logits, SamplingSettings(mode="greedy", temperature=2.0)).tolist() == [1]

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 from . import protocol
 from .access import admin_only
 from .policy import LOCKABLE
-from .protocol import RANGES, ProtocolError, SamplingSettings
+from .protocol import CHOICES, RANGES, SEED_RANGE, ProtocolError, SamplingSettings
 from .sharing import qr_svg, share_url
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
@@ -25,7 +25,8 @@ def dashboard():
     _, classroom, _ = _parts()
     url = share_url(current_app.config["HOST"], current_app.config["PORT"])
     return render_template("admin.html", share_url=url, qr=qr_svg(url), code=classroom.code,
-                           lockable=LOCKABLE, ranges=RANGES, defaults=SamplingSettings())
+                           lockable=LOCKABLE, ranges={**RANGES, "seed": SEED_RANGE}, choices=CHOICES,
+                           defaults=SamplingSettings())
 
 
 @admin.get("/api/state")

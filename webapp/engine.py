@@ -7,21 +7,27 @@ Each call returns one text delta per option, so callers can stream them.
 """
 import copy
 import dataclasses
+import itertools
+import math
 import random
 import time
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicLayer
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from .detokenizer import StreamingDetokenizer
 from .healing import TokenHealer
-from .sampling import choose_next_tokens
+from .protocol import BEAM
+from .sampling import choose_next_tokens, reshape
 from .stopping import StepStop
 
 PRIME_CHUNK = 128  # prompt tokens read per priming call, so that a TAB waits for one chunk at most
 ROOM_STEPS = 8  # the prompt leaves room in the context window for this many length steps
 DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
+SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
+DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
 
 
 @dataclass
@@ -36,6 +42,11 @@ class Option:
     finish: str | None = None  # why the current step ended; None while writing
     step_tokens: int = 0
     step_text: str = ""
+    logprob: float = 0.0  # sum of the model's own log-probabilities of `tokens` (before any reshaping)
+
+    def mean_logprob(self):
+        """Average log-probability per token, so that options of any length compare."""
+        return self.logprob / len(self.tokens) if self.tokens else None
 
 
 @dataclass
@@ -80,9 +91,19 @@ class Generation:
         """Why every option stopped."""
         return [option.finish for option in self.options]
 
+    def likelihoods(self):
+        """Per option: the average log-probability of its tokens and the perplexity that gives."""
+        return [_likelihood(option.mean_logprob()) for option in self.options]
+
     def cache_bytes(self):
         """Memory held by this generation's KV cache."""
         return _cache_bytes(self.cache)
+
+
+def _likelihood(mean_logprob):
+    if mean_logprob is None:
+        return {"logprob": None, "perplexity": None}
+    return {"logprob": round(mean_logprob, 4), "perplexity": round(math.exp(-mean_logprob), 3)}
 
 
 def _cache_bytes(cache):
@@ -105,6 +126,7 @@ class Engine:
         self.pad_id = min(loaded.eos_ids) if loaded.eos_ids else 0
         start = self.tokenizer.bos_token_id
         self.start_id = start if start is not None else self.pad_id
+        self._pieces = {}  # token id -> its text
 
     # ---- the narrow interface -------------------------------------------------------
 
@@ -117,6 +139,9 @@ class Engine:
         prompt's own Prefix is left in `generation.prefix` for the caller to keep.
         """
         generation = self.prepare(text, settings)
+        if settings.mode == BEAM:  # beam search reads the prompt inside generate(); the tab's Prefix stays as it was
+            generation.prefix = prefix
+            return generation, self._write_beams(generation)
         prompt = torch.tensor([generation.prompt_ids], device=self.device)
         cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
         # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last position only
@@ -139,6 +164,16 @@ class Engine:
 
     @torch.inference_mode()
     def step_many(self, generations):
+        """One more token for every live option of every generation, in one batched pass; deltas per generation.
+
+        Beam-search generations cannot join the batch: each writes its whole step on its own.
+        """
+        beams = {id(g): self._write_beams(g) for g in generations if g.settings.mode == BEAM}
+        sampled = [g for g in generations if id(g) not in beams]
+        stepped = iter(self._step_sampled(sampled) if sampled else [])
+        return [beams[id(g)] if id(g) in beams else next(stepped) for g in generations]
+
+    def _step_sampled(self, generations):
         """One forward pass for every live option of every generation (clients batched); deltas per generation.
 
         The generations' caches have different lengths: they are left-padded (masked) to the
@@ -198,22 +233,81 @@ class Engine:
 
     @torch.inference_mode()
     def score(self, text):
-        """How likely the model finds `text` (its last context window): per-token log-probabilities and perplexity.
+        """How likely the model finds `text` (its last context window), token by token, and its perplexity.
 
         Every token is predicted from the ones before it; the first from the start-of-text
-        token. Perplexity is exp of the mean negative log-likelihood over the scored tokens.
+        token. Each scored token carries its log-probability, its rank among all tokens the
+        model could have put there (1 = the likeliest), the model's likeliest alternatives,
+        and where it ends in `text` (in UTF-16 code units, as the page counts). Perplexity is
+        exp of the mean negative log-likelihood over the scored tokens.
+        """
+        ids, ends = self._encode_with_ends(text)
+        truncated = max(0, len(ids) - (self.loaded.max_context - 1))
+        scored_from = ends[truncated - 1] if truncated else 0
+        ids, ends = ids[truncated:], ends[truncated:]
+        if not ids:
+            return {"tokens": [], "perplexity": None, "truncated_tokens": truncated, "scored_from": scored_from}
+        inputs = torch.tensor([[self.start_id] + ids[:-1]], device=self.device)
+        logprobs = torch.log_softmax(self.model(input_ids=inputs).logits[0].float(), dim=-1)
+        actual = logprobs.gather(1, torch.tensor(ids, device=self.device)[:, None])
+        ranks = ((logprobs > actual).sum(dim=1) + 1).tolist()
+        top_values, top_ids = logprobs.topk(SCORE_ALTERNATIVES, dim=-1)
+        tokens = [
+            {"text": self._piece(token), "logprob": round(value, 5), "rank": rank, "end": end,
+             "top": [{"text": self._piece(other), "logprob": round(other_value, 4)}
+                     for other, other_value in zip(others, other_values)]}
+            for token, value, rank, end, others, other_values
+            in zip(ids, actual[:, 0].tolist(), ranks, ends, top_ids.tolist(), top_values.tolist())
+        ]
+        return {"tokens": tokens, "perplexity": float(torch.exp(-actual.mean())), "truncated_tokens": truncated,
+                "scored_from": scored_from}
+
+    def _encode_with_ends(self, text):
+        """Token ids of `text` and where each token ends in it, counted in UTF-16 code units (as JavaScript counts)."""
+        if not text:
+            return [], []
+        if not self.tokenizer.is_fast:  # no offsets: add up the decoded pieces
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ends = list(itertools.accumulate(len(self._piece(token)) for token in ids))
+        else:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, ends = encoded["input_ids"], [end for _, end in encoded["offset_mapping"]]
+        utf16 = [0, *itertools.accumulate(2 if ord(char) > 0xFFFF else 1 for char in text)]
+        ends = list(itertools.accumulate((min(end, len(text)) for end in ends), max))  # never backwards
+        if ends:
+            ends[-1] = len(text)  # trailing text the offsets leave out belongs to the last token
+        return ids, [utf16[end] for end in ends]
+
+    def _piece(self, token):
+        """The text of one token, remembered: scoring and the distribution chart show thousands of them."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._decode([token])
+        return piece
+
+    @torch.inference_mode()
+    def next_token_logits(self, text, prefix=None):
+        """The model's logits for the token after `text` (float32, [vocab]) and `text`'s Prefix for later reuse.
+
+        No token healing: the chart shows what follows the text exactly as typed.
         """
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        truncated = max(0, len(ids) - (self.loaded.max_context - 1))
-        ids = ids[truncated:]
-        if not ids:
-            return {"tokens": [], "perplexity": None, "truncated_tokens": truncated}
-        inputs = torch.tensor([[self.start_id] + ids[:-1]], device=self.device)
-        logits = self.model(input_ids=inputs).logits[0].float()
-        logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids, device=self.device)[:, None])[:, 0]
-        pieces = [self._decode([token]) for token in ids]
-        tokens = [{"text": piece, "logprob": round(value, 5)} for piece, value in zip(pieces, logprobs.tolist())]
-        return {"tokens": tokens, "perplexity": float(torch.exp(-logprobs.mean())), "truncated_tokens": truncated}
+        ids = ids[-(self.loaded.max_context - 1):] or [self.start_id]
+        cache, common = self._reusable(prefix, ids)
+        piece = torch.tensor([ids[common:]], device=self.device)
+        out = self.model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float(), Prefix(ids, out.cache)
+
+    def distribution(self, logits, settings, top=DISTRIBUTION_TOP):
+        """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives."""
+        model_probs = torch.softmax(logits.float(), dim=-1)
+        shaped = reshape(logits[None], settings)[0]
+        values, order = model_probs.topk(top)
+        tokens = [{"text": self._piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6)}
+                  for token, prob in zip(order.tolist(), values.tolist())]
+        return {"tokens": tokens, "candidates": int((shaped > 0).sum()), "vocabulary": int(logits.shape[-1]),
+                "shown_mass": round(float(values.sum()), 6),
+                "shown_shaped_mass": round(float(shaped[order].sum()), 6)}
 
     @torch.inference_mode()
     def prime(self, text, settings, prefix=None, chunk=PRIME_CHUNK):
@@ -293,7 +387,8 @@ class Engine:
         budget = self.loaded.max_context - min(settings.length * ROOM_STEPS, self.loaded.max_context // 2)
         truncated = max(0, len(ids) - budget)
         ids = ids[truncated:] or [self.start_id]
-        kept, healed_piece = self._heal(ids)
+        # beam search compares whole sequences; re-spelling the last word would skew them
+        kept, healed_piece = self._heal(ids) if settings.mode != BEAM else (list(ids), "")
         healed = self._decode([ids[-1]]) if healed_piece else ""
         context = kept[-DETOKENIZER_CONTEXT:]
         options = [Option(StreamingDetokenizer(self.tokenizer, context, skip_chars=len(healed)), healed_piece)
@@ -319,17 +414,34 @@ class Engine:
         """Choose a token for every live option, update its text, and decide whether it stops."""
         options = generation.options
         allowed = self._healing_mask(options, logits.shape[-1])
-        chosen = choose_next_tokens(logits, generation.settings, generation.generator, allowed).tolist()
+        chosen = choose_next_tokens(self._ban_repeats(generation, logits), generation.settings,
+                                    generation.generator, allowed)
+        # the model's own log-probability of each choice (before temperature and the rest), for the likelihood
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
         now = time.monotonic()
         deltas = []
-        for row, (option, token_id) in enumerate(zip(options, chosen)):
+        for row, (option, token_id, logprob) in enumerate(zip(options, chosen.tolist(), logprobs)):
             if option.finish is not None:
                 deltas.append("")
                 continue
-            deltas.append(self._record(generation, row, option, token_id, now))
+            deltas.append(self._record(generation, row, option, token_id, logprob, now))
         return deltas
 
-    def _record(self, generation, row, option, token_id, now):
+    def _ban_repeats(self, generation, logits):
+        """Logits with every token that would repeat an n-gram of prompt + option made impossible (when asked)."""
+        size = generation.settings.no_repeat_ngram
+        if not size:
+            return logits
+        ban = NoRepeatNGramLogitsProcessor(size)
+        banned = logits.clone()
+        for row, option in enumerate(generation.options):
+            if option.finish is None:
+                seen = torch.tensor([generation.prompt_ids + option.tokens], device=self.device)
+                banned[row:row + 1] = ban(seen, banned[row:row + 1])
+        return banned
+
+    def _record(self, generation, row, option, token_id, logprob, now):
+        option.logprob += logprob
         option.tokens.append(token_id)
         option.step_tokens += 1
         delta = ""
@@ -353,6 +465,53 @@ class Engine:
                 else torch.zeros(vocab, dtype=torch.bool) for option in options]
         return torch.stack(rows).to(self.device)
 
+    # ---- beam search -------------------------------------------------------------------
+
+    def _write_beams(self, generation):
+        """Write one step by beam search: first the n best beams of the prompt, on extend one more search per option.
+
+        Beam search keeps several candidates and may drop any of them at the next step, so its
+        text cannot be streamed word by word; each step arrives whole.
+        """
+        settings = generation.settings
+        going = [option for option in generation.options if option.finish is None]
+        if not any(option.tokens for option in generation.options):
+            found = self._beam_search(generation.prompt_ids, settings, len(going))
+        else:
+            found = [self._beam_search(generation.prompt_ids + option.tokens, settings, 1)[0] for option in going]
+        for option, (tokens, logprobs) in zip(going, found):
+            option.step_tokens, option.step_text = 0, ""
+            for token, logprob in zip(tokens, logprobs):
+                option.logprob += logprob
+                option.tokens.append(token)
+                option.step_tokens += 1
+                if token not in self.loaded.eos_ids:
+                    delta = option.detokenizer.push(token)
+                    option.text += delta
+                    option.step_text += delta
+            ended = any(token in self.loaded.eos_ids for token in tokens)
+            full = len(generation.prompt_ids) + len(option.tokens) >= self.loaded.max_context
+            option.finish = "eos" if ended else "context" if full else "length"
+        deltas = {id(option): option.step_text for option in going}
+        return [deltas.get(id(option), "") for option in generation.options]
+
+    def _beam_search(self, ids, settings, count):
+        """The `count` best beams after `ids`: (new token ids up to and including an end of text, their log-probs)."""
+        room = self.loaded.max_context - len(ids)
+        if room <= 0:
+            return [([], [])] * count
+        inputs = torch.tensor([ids], device=self.device)
+        out = self.model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), **beam_arguments(settings, count, min(settings.length, room)),
+            pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
+        steps = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                                     normalize_logits=False)
+        found = []
+        for sequence, logprobs in zip(out.sequences[:, len(ids):].tolist(), steps.tolist()):
+            end = next((i + 1 for i, token in enumerate(sequence) if token in self.loaded.eos_ids), len(sequence))
+            found.append((sequence[:end], logprobs[:end]))
+        return found
+
     # ---- re-reading an evicted set -------------------------------------------------
 
     def _rebuild_cache(self, generation):
@@ -373,6 +532,12 @@ class Engine:
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def beam_arguments(settings, count, length):
+    """What `generate` is given for beam search with `settings`: the engine's beams are exactly generate's."""
+    return {"num_beams": settings.beams, "num_return_sequences": count, "max_new_tokens": length,
+            "no_repeat_ngram_size": settings.no_repeat_ngram, "do_sample": False, "early_stopping": True}
 
 
 def _shallow_copy(cache):

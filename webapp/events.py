@@ -6,7 +6,8 @@ from flask_socketio import ConnectionRefusedError
 
 from . import protocol
 from .access import SESSION_COOKIE
-from .protocol import CancelRequest, ExtendRequest, PrimeRequest, ProtocolError, ScoreRequest, SuggestRequest
+from .protocol import (CancelRequest, DistributionRequest, ExtendRequest, PrimeRequest, ProtocolError, ScoreRequest,
+                       SuggestRequest)
 
 
 def register_events(socketio, scheduler, loader, classroom, max_text_chars):
@@ -78,6 +79,14 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
     @replying_errors
     def on_score(payload):
         scheduler.score(request.sid, ScoreRequest.from_payload(payload, max_text_chars))
+
+    @socketio.on(protocol.DISTRIBUTION)
+    @replying_errors
+    def on_distribution(payload):
+        # idle-time work like `score`; a settings change on the same text is answered without the model
+        asked = DistributionRequest.from_payload(payload, max_text_chars, classroom.policy.base())
+        scheduler.distribution(request.sid, DistributionRequest(asked.id, asked.text,
+                                                                classroom.policy.apply(asked.settings)))
 
     @socketio.on(protocol.CANCEL)
     @replying_errors

@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 from .protocol import ProtocolError, SamplingSettings
 
-# Settings the teacher may set for the class and lock (the seed stays each student's own).
-LOCKABLE = ("n", "temperature", "top_k", "top_p", "length", "stop_at")
+# Settings the teacher may set for the class and lock; a locked seed gives the whole class the same options.
+LOCKABLE = ("n", "temperature", "top_k", "top_p", "length", "stop_at", "mode", "beams", "seed")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ EXTEND = "extend"
 CANCEL = "cancel"
 PRIME = "prime"
 SCORE = "score"  # both ways: the client asks with {id, text}, the server answers with the scores
+DISTRIBUTION = "distribution"  # both ways: {id, text, settings} -> the next token's probabilities, reshaped
 # Server -> client
 DELTA = "delta"
 DONE = "done"
@@ -20,12 +21,20 @@ STATUS = "status"
 POLICY = "policy"
 PRIMED = "primed"
 
-CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME, SCORE)
-SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED, SCORE)
+CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME, SCORE, DISTRIBUTION)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED, SCORE, DISTRIBUTION)
 
 # Why an option stopped, as sent in `done.finish`.
 FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
 STOP_AT = ("length", "sentence", "paragraph")
+# How options are chosen: sampling (temperature, top-k, top-p), always the likeliest token, or beam search.
+SAMPLE, GREEDY, BEAM = "sample", "greedy", "beam"
+MODES = (SAMPLE, GREEDY, BEAM)
+# What the page and the dashboard call each choice.
+CHOICES = {
+    "stop_at": (("sentence", "end of a sentence"), ("paragraph", "end of a paragraph"), ("length", "only the length")),
+    "mode": ((SAMPLE, "sampling"), (GREEDY, "greedy: always the likeliest token"), (BEAM, "beam search")),
+}
 
 # Error codes sent in `error.code`.
 INVALID = "invalid"  # the payload broke a rule; `field` names which
@@ -74,6 +83,9 @@ class SamplingSettings:
     max_time: float = 10.0  # seconds of writing per step (after reading the prompt); a safety cap
     stop_at: str = "sentence"  # end a step early at: "sentence", "paragraph", or only "length"
     seed: int | None = None  # fixed seed -> the same options for the same text and settings
+    mode: str = SAMPLE  # "sample", "greedy" (the likeliest token every time) or "beam" (beam search)
+    beams: int = 4  # beam search: sequences kept at each step; the n best are the options (n <= beams)
+    no_repeat_ngram: int = 0  # never repeat a word sequence of this many tokens; 0 = off
 
     @classmethod
     def from_payload(cls, payload, base=None):
@@ -92,11 +104,17 @@ class SamplingSettings:
         for name, value in payload.items():
             if name == "stop_at":
                 values[name] = _check_choice(value, STOP_AT, "settings.stop_at")
+            elif name == "mode":
+                values[name] = _check_choice(value, MODES, "settings.mode")
             elif name == "seed":
                 values[name] = None if value is None else _check_number(value, SEED_RANGE, "settings.seed")
             else:
                 values[name] = _check_number(value, RANGES[name], f"settings.{name}")
-        return dataclasses.replace(base, **values)
+        settings = dataclasses.replace(base, **values)
+        if settings.mode == BEAM and settings.n > settings.beams:
+            raise ProtocolError(f"beam search shows at most its {settings.beams} beams: n must be at most beams",
+                                "settings.n")
+        return settings
 
 
 RANGES = {
@@ -106,6 +124,8 @@ RANGES = {
     "top_p": Range(0.01, 1.0, float),
     "length": Range(1, 64, int),
     "max_time": Range(0.1, 30.0, float),
+    "beams": Range(2, 8, int),
+    "no_repeat_ngram": Range(0, 6, int),
 }
 SEED_RANGE = Range(0, 2**32 - 1, int)
 
@@ -148,6 +168,8 @@ class ExtendRequest:
         typed = SamplingSettings.from_payload(overrides)
         if "n" in overrides:
             raise ProtocolError("extend keeps the parent's number of options; n cannot change", "settings.n")
+        if "mode" in overrides:
+            raise ProtocolError("extend keeps the parent's decoding mode; mode cannot change", "settings.mode")
         return cls(id=_check_id(payload), parent=str(parent),
                    settings={name: getattr(typed, name) for name in overrides})
 
@@ -172,6 +194,11 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
+class DistributionRequest(SuggestRequest):
+    """`distribution {id, text, settings}`: the likeliest next tokens after `text`, before and after the settings."""
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     """`cancel {id}`: stop a request that is still running."""
 
@@ -188,9 +215,9 @@ def delta_payload(request_id, deltas):
     return {"id": request_id, "deltas": deltas}
 
 
-def done_payload(request_id, options, finish, stats):
-    """`done`: the whole text of every option, why each stopped, and timings."""
-    return {"id": request_id, "options": options, "finish": finish, "stats": stats}
+def done_payload(request_id, options, finish, stats, likelihoods=()):
+    """`done`: the whole text of every option, why each stopped, how likely the model found it, and timings."""
+    return {"id": request_id, "options": options, "finish": finish, "likelihood": list(likelihoods), "stats": stats}
 
 
 def primed_payload(request_id, tokens):
@@ -201,6 +228,11 @@ def primed_payload(request_id, tokens):
 def score_payload(request_id, scores):
     """`score`: per-token log-probabilities and the perplexity of the scored text."""
     return {"id": request_id, **scores}
+
+
+def distribution_payload(request_id, distribution):
+    """`distribution`: the next token's likeliest candidates, their probabilities as the model gives and as sampled."""
+    return {"id": request_id, **distribution}
 
 
 def error_payload(request_id, error):

@@ -1,6 +1,8 @@
 """Pick the next token of every option from the model's logits."""
 import torch
 
+from .protocol import BEAM, GREEDY
+
 
 def choose_next_tokens(logits, settings, generator=None, allowed=None):
     """Return one token id per row of `logits` [rows, vocab], following `settings`.
@@ -13,15 +15,33 @@ def choose_next_tokens(logits, settings, generator=None, allowed=None):
         usable = allowed.any(dim=-1, keepdim=True)
         # healing: tokens that do not spell out the removed text become impossible
         logits = logits.masked_fill(usable & ~allowed, float("-inf"))
-    if settings.temperature == 0:
+    if is_greedy(settings):
         return logits.argmax(dim=-1)
+    # one draw per row from the reshaped distribution
+    return torch.multinomial(reshape(logits, settings), num_samples=1, generator=generator).squeeze(-1)
+
+
+def is_greedy(settings):
+    """True when every choice is simply the likeliest token (greedy mode, or temperature 0)."""
+    return settings.mode == GREEDY or settings.temperature == 0
+
+
+def reshape(logits, settings):
+    """The probabilities sampling draws from [rows, vocab]: temperature, then top-k, then top-p.
+
+    Greedy puts all the probability on the likeliest token; beam search ranks beams by
+    the model's own probabilities, so it leaves them as they are.
+    """
+    logits = logits.float()
+    if settings.mode == BEAM:
+        return torch.softmax(logits, dim=-1)
+    if is_greedy(settings):
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
     # temperature: divide the logits, < 1 sharpens the distribution, > 1 flattens it
     logits = logits / settings.temperature
     logits = keep_top_k(logits, settings.top_k)
     logits = keep_top_p(logits, settings.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    # one draw per row from the reshaped distribution
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return torch.softmax(logits, dim=-1)
 
 
 def keep_top_k(logits, k):

@@ -9,6 +9,7 @@ token in a single forward pass; priming and scoring run only when no request
 waits. So no lock guards the model, cancelling is just dropping a task, and each
 client's events leave in order.
 """
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -59,6 +60,8 @@ class Scheduler:
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
         self.primes = OrderedDict()  # sid -> PrimeRequest still to read, in turn, when no request waits
         self.scores = OrderedDict()  # sid -> ScoreRequest to answer when nothing else waits
+        self.distributions = OrderedDict()  # sid -> DistributionRequest whose text the model has still to read
+        self.next_logits = {}  # sid -> (text, logits after it): a settings change reshapes them without the model
         self.prefix_budget_bytes = prefix_budget_bytes
         self.wakeup = runner.event()
         self.running = False
@@ -84,6 +87,10 @@ class Scheduler:
     def score(self, sid, request):
         """Score a tab's text when the model is otherwise idle (the newest text wins)."""
         self._post("score", sid, request)
+
+    def distribution(self, sid, request):
+        """Answer with the next-token distribution after a tab's text (at once when only the settings changed)."""
+        self._post("distribution", sid, request)
 
     def cancel(self, sid, request_id):
         """Stop request `request_id` of client `sid` if it is still running."""
@@ -115,6 +122,9 @@ class Scheduler:
         while self.running:
             self._apply_inbox()
             if not self.tasks:
+                if self.distributions:  # someone is looking at the chart: before priming and scoring
+                    self._distribution_one()
+                    continue
                 if self.primes:  # the lowest priority: a request that arrives waits for one chunk at most
                     self._prime_one()
                     continue
@@ -173,7 +183,8 @@ class Scheduler:
         # only this thread touches `prefixes` while a model call runs: the loop waits for it
         prefix = self.prefixes.pop(task.sid, None)
         task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
-        self._keep_prefix(task.sid, task.generation.prefix)
+        if task.generation.prefix is not None:
+            self._keep_prefix(task.sid, task.generation.prefix)
         task.generation.prefix = None
         return [deltas]
 
@@ -202,9 +213,11 @@ class Scheduler:
             "model_ms": round(task.model_seconds * 1000, 1),
             "total_ms": _ms(task.received, now),
             "new_tokens": sum(option.step_tokens for option in generation.options),
+            "settings": dataclasses.asdict(generation.settings),  # what wrote them, after the class's locks
         }
-        self.emit(protocol.DONE, protocol.done_payload(task.id, generation.texts(), generation.finishes(), stats),
-                  to=task.sid)
+        payload = protocol.done_payload(task.id, generation.texts(), generation.finishes(), stats,
+                                        generation.likelihoods())
+        self.emit(protocol.DONE, payload, to=task.sid)
         self.on_finish(task.sid, stats)
         self._keep(task.sid, task.id, generation)
 
@@ -222,6 +235,8 @@ class Scheduler:
                 _replace_at_back(self.scores, sid, argument)
             elif kind == "prime":
                 _replace_at_back(self.primes, sid, argument)
+            elif kind == "distribution":
+                self._distribution(sid, argument)
             elif kind == "disconnect":
                 self._forget(sid)
 
@@ -262,6 +277,8 @@ class Scheduler:
         self.prefixes.pop(sid, None)
         self.primes.pop(sid, None)
         self.scores.pop(sid, None)
+        self.distributions.pop(sid, None)
+        self.next_logits.pop(sid, None)
 
     def _keep(self, sid, request_id, generation):
         """Remember a finished set; drop old sets and release caches over the memory budget."""
@@ -303,6 +320,31 @@ class Scheduler:
             self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
             return
         self.emit(protocol.SCORE, protocol.score_payload(request.id, scores), to=sid)
+
+    def _distribution(self, sid, request):
+        """Reshape the tab's last logits when the text is the same; otherwise wait for the model to read it."""
+        text, logits = self.next_logits.get(sid, (None, None))
+        if text != request.text:
+            _replace_at_back(self.distributions, sid, request)
+            return
+        self.distributions.pop(sid, None)
+        answer = self.runner.run_blocking(self.engine.distribution, logits, request.settings)
+        self.emit(protocol.DISTRIBUTION, protocol.distribution_payload(request.id, answer), to=sid)
+
+    def _distribution_one(self):
+        """Read the text of the longest-waiting distribution request (from the tab's prompt cache), then answer."""
+        sid, request = self.distributions.popitem(last=False)
+        prefix = self.prefixes.pop(sid, None)
+        try:
+            logits, prefix = self.runner.run_blocking(self.engine.next_token_logits, request.text, prefix)
+        except Exception:
+            log.exception("the next-token distribution failed for %s", request.id)
+            error = ProtocolError("the model failed while reading the text; please try again", code=protocol.INTERNAL)
+            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
+            return
+        self._keep_prefix(sid, prefix)
+        self.next_logits[sid] = (request.text, logits)
+        self._distribution(sid, request)
 
     def _keep_prefix(self, sid, prefix):
         """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
