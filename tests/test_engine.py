@@ -410,6 +410,7 @@ def test_next_token_distribution_is_the_models_and_reuses_the_prefix(engine, emb
     assert model["candidates"] == model["vocabulary"] == logits.shape[-1]
     narrow = engine.distribution(logits, SamplingSettings(temperature=1.0, top_k=3, top_p=1.0))
     assert narrow["candidates"] == 3 and sum(t["shaped"] for t in narrow["tokens"][:3]) == pytest.approx(1, abs=1e-5)
-    assert all(t["shaped"] == 0 for t in narrow["tokens"][3:])
+    assert all(t["shaped"] == 0 and not t["kept"] for t in narrow["tokens"][3:])
+    assert all(t["kept"] for t in narrow["tokens"][:3])
     greedy = engine.distribution(logits, SamplingSettings(mode="greedy"))
     assert greedy["candidates"] == 1 and greedy["tokens"][0]["shaped"] == 1.0

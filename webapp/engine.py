@@ -124,7 +124,9 @@ class Engine:
         self.device = torch.device(loaded.device)
         self.healer = TokenHealer(self.tokenizer)
         self.pad_id = min(loaded.eos_ids) if loaded.eos_ids else 0
-        start = self.tokenizer.bos_token_id
+        # a document starts after the separator the model saw between documents in training
+        # (<|endoftext|> in GPT-2-style vocabularies; an instruct model's bos token opens a chat turn instead)
+        start = self.tokenizer.get_vocab().get("<|endoftext|>", self.tokenizer.bos_token_id)
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
 
@@ -303,7 +305,8 @@ class Engine:
         model_probs = torch.softmax(logits.float(), dim=-1)
         shaped = reshape(logits[None], settings)[0]
         values, order = model_probs.topk(top)
-        tokens = [{"text": self._piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6)}
+        tokens = [{"text": self._piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6),
+                   "kept": bool(shaped[token] > 0)}
                   for token, prob in zip(order.tolist(), values.tolist())]
         return {"tokens": tokens, "candidates": int((shaped > 0).sum()), "vocabulary": int(logits.shape[-1]),
                 "shown_mass": round(float(values.sum()), 6),

@@ -4,7 +4,8 @@ from pathlib import Path
 from flask import Blueprint, abort, current_app, g, jsonify, render_template, send_from_directory
 
 from .access import student_page
-from .protocol import RANGES, SamplingSettings
+from .lesson import load_lesson
+from .protocol import CHOICES, RANGES, SamplingSettings
 
 views = Blueprint("views", __name__)
 
@@ -17,7 +18,9 @@ def index():
     """The editor, for a joined student (or anyone, in a class without a code)."""
     config = current_app.config
     classroom = current_app.extensions["tabwrite.classroom"]
-    return render_template("index.html", defaults=SamplingSettings(), ranges=RANGES,
+    lesson = load_lesson()
+    return render_template("index.html", defaults=SamplingSettings(), ranges=RANGES, choices=CHOICES,
+                           presets=lesson["presets"], examples=lesson["examples"],
                            caps=classroom.policy.to_payload()["caps"],
                            status=current_app.extensions["tabwrite"].status(), student=g.session,
                            class_code=bool(classroom.code), max_text_chars=config["MAX_TEXT_CHARS"])

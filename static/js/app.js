@@ -1,8 +1,12 @@
 // Wires the page: editor keys -> requests -> streamed options in the popup -> accepted text.
-import { $ } from "./selectors.js";
+import { $, SELECTORS } from "./selectors.js";
 import { Connection } from "./connection.js";
+import { DistributionPanel } from "./distribution.js";
 import { Editor } from "./editor.js";
+import { exportDocument, importDocument } from "./files.js";
+import { Lens } from "./lens.js";
 import { SuggestionsPopup } from "./popup.js";
+import { Provenance } from "./provenance.js";
 import { Publisher } from "./publish.js";
 import { SettingsPanel } from "./settings.js";
 import { StatusBar } from "./status.js";
@@ -20,7 +24,19 @@ const statusBar = new StatusBar({
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
   toggle: $("settingsToggle"), reset: $("settingsReset"),
+  presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"),
+  onChange: () => requestDistribution(),
 });
+const lens = new Lens(
+  { lens: $("lens"), title: $("lensTitle"), legend: $("lensLegend"), text: $("lensText"), tip: $("lensTip"),
+    close: $("lensClose") },
+  { onClose: () => setView("write") },
+);
+const distribution = new DistributionPanel(
+  { panel: $("distribution"), toggle: $("distributionToggle"), bars: $("distributionBars"),
+    summary: $("distributionSummary") },
+  { onOpen: () => requestDistribution() },
+);
 const popup = new SuggestionsPopup(
   { popup: $("popup"), options: $("popupOptions"), setLabel: $("popupSetLabel"),
     prev: $("popupPrev"), next: $("popupNext"), error: $("popupError") },
@@ -40,12 +56,20 @@ let active = null; // the request in flight: { id, set, sentAt, firstAt }
 let primeTimer = null;
 let lastPrimed = null; // the text the server last read ahead of Tab
 let lastScored = null; // the document whose perplexity the status bar shows
+let scoring = null; // the `score` request in flight: { id, text, offset }
+let scored = null; // its answer: { text, offset, result }
+let asked = null; // the `distribution` request whose answer the chart waits for: { id, text, settings }
+let view = "write";
+let modelName = $("statusModel").textContent;
+const saved = storage.loadDocument();
+const provenance = new Provenance(saved.text, saved.spans ?? []);
 
 const connection = new Connection({
   connect: () => {
     statusBar.connection("connected", "connected");
-    lastPrimed = lastScored = null; // a new connection (or a restarted server) has read nothing yet
+    lastPrimed = lastScored = asked = null; // a new connection (or a restarted server) has read nothing yet
     schedulePrime();
+    requestDistribution();
   },
   disconnect: (reason) => {
     // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
@@ -58,9 +82,15 @@ const connection = new Connection({
     if (error.data?.code === "join") window.location.assign("/join"); // no (or an expired) class session
     else statusBar.connection("disconnected", "cannot reach the server, retrying…");
   },
-  status: (status) => statusBar.model(status),
+  status: (status) => {
+    statusBar.model(status);
+    if (status.model) modelName = status.model;
+  },
   policy: (policy) => settings.applyPolicy(policy),
-  score: ({ perplexity, tokens }) => statusBar.perplexity(perplexity, tokens.length),
+  score: onScore,
+  distribution: (answer) => {
+    if (asked && answer.id === asked.id) distribution.render(answer, asked.settings);
+  },
   delta: onDelta,
   done: onDone,
   error: onError,
@@ -72,7 +102,8 @@ function requestSuggestions() {
   cancelActive();
   const id = connection.nextId();
   const values = settings.values();
-  const set = { ids: new Set([id]), requestId: id, options: Array(values.n).fill(""), finish: null, streaming: true };
+  const set = { ids: new Set([id]), requestId: id, options: Array(values.n).fill(""), finish: null, streaming: true,
+    settings: values, likelihood: null };
   sets.push(set);
   current = sets.length - 1;
   active = { id, set, sentAt: performance.now(), firstAt: null };
@@ -84,7 +115,8 @@ function extendSet() {
   const set = sets[current];
   const parent = set.requestId;
   const id = connection.nextId();
-  const { n, seed, ...overrides } = settings.values(); // an extend keeps the set's size and random stream
+  // an extend keeps the set's size, decoding mode and random stream
+  const { n, seed, mode, ...overrides } = settings.values();
   set.ids.add(id);
   set.requestId = id;
   set.streaming = true;
@@ -121,13 +153,15 @@ function onDelta({ id, deltas }) {
   }
 }
 
-function onDone({ id, options, finish }) {
+function onDone({ id, options, finish, likelihood, stats }) {
   const set = sets.find((s) => s.ids.has(id));
   if (!set) return;
   if (options.length === set.options.length) set.options = [...options]; // the server's text is the truth
   if (id === set.requestId) {
     set.streaming = false;
     set.finish = finish;
+    set.likelihood = likelihood;
+    if (stats?.settings) set.settings = stats.settings; // what really wrote them (the teacher may have locked some)
     if (active && active.id === id) active = null;
   }
   if (sets[current] === set) popup.render(set, current, sets.length);
@@ -173,7 +207,11 @@ function showSet(index) {
 function accept(i) {
   const text = sets[current]?.options[i];
   closePopup();
-  if (text) editor.insertAtCaret(text);
+  if (text) {
+    const start = editor.textarea.selectionStart;
+    editor.insertAtCaret(text); // its input event has moved the spans; now this text is the model's
+    provenance.markModel(start, start + text.length, modelName);
+  }
   saveDocument();
 }
 
@@ -214,9 +252,11 @@ window.addEventListener("resize", () => { if (popup.isOpen) closePopup(); });
 let saveTimer = null;
 function saveDocument() {
   clearTimeout(saveTimer);
-  storage.saveDocument(editor.text, editor.caret);
+  provenance.update(editor.text);
+  storage.saveDocument(editor.text, editor.caret, provenance.spans);
 }
 editor.textarea.addEventListener("input", () => {
+  provenance.update(editor.text);
   if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
@@ -235,20 +275,132 @@ function schedulePrime() {
       lastPrimed = text;
       connection.send("prime", { id: connection.nextId(), text, settings: settings.values() });
     }
-    const whole = editor.tail(editor.text);
-    if (whole !== lastScored) {
-      lastScored = whole;
-      if (whole.trim()) connection.send("score", { id: connection.nextId(), text: whole });
-      else statusBar.perplexity(null);
-    }
+    requestScore();
+    requestDistribution();
   }, PRIME_DELAY_MS);
 }
+
+// ---- the learning lens: scores, the surprise view, the next-token chart -------------------
+
+function requestScore() {
+  const whole = editor.tail(editor.text);
+  if (whole === lastScored) return;
+  lastScored = whole;
+  if (!whole.trim()) {
+    statusBar.perplexity(null);
+    return;
+  }
+  scoring = { id: connection.nextId(), text: whole, offset: editor.text.length - whole.length };
+  connection.send("score", { id: scoring.id, text: whole });
+}
+
+function onScore(result) {
+  statusBar.perplexity(result.perplexity, result.tokens.length);
+  if (!scoring || result.id !== scoring.id) return;
+  scored = { ...scoring, result };
+  if (view === "surprise") showSurprise();
+}
+
+function showSurprise() {
+  const whole = editor.tail(editor.text);
+  if (scored && scored.text === whole && scored.offset === editor.text.length - whole.length) {
+    lens.showSurprise(editor.text, scored.offset, scored.result);
+  } else {
+    lens.waiting(editor.text);
+    requestScore();
+  }
+}
+
+// The chart follows the caret and the settings; the server reads each text once.
+function requestDistribution() {
+  if (!distribution.isOpen || !connection.socket.connected) return;
+  const text = editor.textBeforeCaret();
+  const values = settings.values();
+  const key = JSON.stringify([text, values]);
+  if (asked && asked.key === key) return;
+  if (!asked || asked.text !== text) distribution.waiting(); // a settings change alone is answered at once
+  asked = { id: connection.nextId(), key, text, settings: values };
+  connection.send("distribution", { id: asked.id, text, settings: values });
+}
+
+function setView(next) {
+  view = next;
+  for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
+    button.setAttribute("aria-pressed", String(button.dataset.view === next));
+  }
+  if (next === "write") {
+    lens.close();
+    editor.focus();
+    return;
+  }
+  closePopup();
+  if (next === "surprise") showSurprise();
+  else lens.showProvenance(provenance.runs(), provenance.modelCharacters(), editor.text.length);
+  $("lensText").focus();
+}
+for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
+  button.addEventListener("click", () => setView(button.dataset.view));
+}
+document.addEventListener("selectionchange", () => {
+  if (distribution.isOpen && document.activeElement === editor.textarea) schedulePrime();
+});
+
+// ---- examples, export and import ----------------------------------------------------------
+
+// Replace the whole document as one undoable edit (Ctrl+Z brings the old text back).
+function replaceDocument(text) {
+  setView("write");
+  editor.textarea.select();
+  editor.insertAtCaret(text);
+  provenance.update(editor.text);
+  saveDocument();
+}
+
+for (const button of document.querySelectorAll(SELECTORS.examples)) {
+  button.addEventListener("click", () => {
+    replaceDocument(button.dataset.text);
+    settings.apply(JSON.parse(button.dataset.settings));
+    $("examplesMenu").open = false;
+    statusBar.note(`Example loaded. ${button.dataset.note}`);
+  });
+}
+
+for (const button of document.querySelectorAll(SELECTORS.exportButtons)) {
+  button.addEventListener("click", () => {
+    const kind = button.dataset.export;
+    provenance.update(editor.text);
+    const { body, type } = exportDocument(
+      { text: editor.text, spans: provenance.spans, model: modelName, settings: settings.values() }, kind);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([body], { type }));
+    link.download = `tabwrite-document.${kind}`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    $("fileMenu").open = false;
+  });
+}
+
+$("importFile").addEventListener("change", async (event) => {
+  const [file] = event.target.files;
+  event.target.value = ""; // the same file can be chosen again
+  $("fileMenu").open = false;
+  if (!file) return;
+  try {
+    const doc = importDocument(file.name, await file.text());
+    replaceDocument(doc.text);
+    provenance.spans = [];
+    for (const span of doc.spans) provenance.markModel(span.start, span.end, span.model);
+    saveDocument();
+    statusBar.note(`Imported ${file.name}: ${doc.text.length} characters, ${provenance.modelCharacters()} written by a model.`);
+  } catch (error) {
+    statusBar.message(`Import failed: ${error.message}`); // the document is left as it was
+  }
+});
 window.addEventListener("pagehide", saveDocument);
 
 new Publisher({ button: $("publish"), result: $("publishResult") }, {
   text: () => editor.text, settings: () => settings.values(), onMessage: (text) => statusBar.message(text),
 });
 
-const saved = storage.loadDocument();
 editor.restore(saved.text, saved.caret);
 editor.focus();

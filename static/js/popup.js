@@ -5,6 +5,15 @@ const FINISH_LABELS = {
   context: "context window full", cancelled: "stopped",
 };
 
+// Which decoding wrote a set, in a few words for the popup's head.
+export function describeMode(settings) {
+  if (!settings) return "";
+  if (settings.mode === "beam") return `beam search, ${settings.beams} beams`;
+  if (settings.mode === "greedy" || settings.temperature === 0) return "greedy";
+  const seed = settings.seed === null || settings.seed === undefined ? "" : ` · seed ${settings.seed}`;
+  return `sampled · T ${settings.temperature} · top-k ${settings.top_k} · top-p ${settings.top_p}${seed}`;
+}
+
 export class SuggestionsPopup {
   constructor(elements, callbacks) {
     this.el = elements.popup;
@@ -47,8 +56,9 @@ export class SuggestionsPopup {
     this.list.replaceChildren();
     this.items = set.options.map((text, i) => this.createItem(i));
     this.list.append(...this.items);
-    set.options.forEach((text, i) => this.updateOption(i, text, set.finish?.[i], set.streaming));
-    this.label.textContent = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
+    set.options.forEach((text, i) => this.updateOption(i, text, set.finish?.[i], set.streaming, set.likelihood?.[i]));
+    const which = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
+    this.label.textContent = `${which} · ${describeMode(set.settings)}`;
     this.prev.hidden = index <= 0;
     this.next.hidden = index >= total - 1;
     this.select(Math.min(this.selectedIndex, this.items.length - 1));
@@ -63,7 +73,9 @@ export class SuggestionsPopup {
     text.className = "option-text";
     const note = document.createElement("span");
     note.className = "option-note";
-    item.append(text, note);
+    const likelihood = document.createElement("span");
+    likelihood.className = "option-likelihood";
+    item.append(text, note, likelihood);
     item.addEventListener("mousedown", (event) => event.preventDefault()); // keep the caret in the editor
     item.addEventListener("click", () => this.callbacks.onPick(i));
     item.addEventListener("mousemove", () => this.select(i));
@@ -71,13 +83,20 @@ export class SuggestionsPopup {
   }
 
   // Model text only ever enters the page through textContent; line breaks are shown as ↵.
-  updateOption(i, text, finish, streaming) {
+  updateOption(i, text, finish, streaming, likelihood) {
     const item = this.items[i];
     if (!item) return;
     item.querySelector(".option-text").textContent = text.replace(/\n/g, "\u21b5\n");
     const note = streaming ? "writing…" : FINISH_LABELS[finish] ?? "";
     item.querySelector(".option-note").textContent = note;
     item.classList.toggle("streaming", Boolean(streaming));
+    const badge = item.querySelector(".option-likelihood");
+    const known = !streaming && likelihood && likelihood.perplexity !== null;
+    badge.textContent = known ? `perplexity ${likelihood.perplexity.toFixed(1)}` : "";
+    badge.title = known
+      ? `On average the model gave each of these tokens log-probability ${likelihood.logprob.toFixed(2)} `
+        + `(${(Math.exp(likelihood.logprob) * 100).toFixed(0)} % as a geometric mean). Lower perplexity: a likelier continuation.`
+      : "";
   }
 
   select(i) {

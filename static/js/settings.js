@@ -1,13 +1,15 @@
 // The settings panel: sampling settings with their ranges, remembered in the browser.
 import { storage } from "./storage.js";
 
-const NUMBERS = ["n", "temperature", "top_k", "top_p", "length"];
+const NUMBERS = ["n", "temperature", "top_k", "top_p", "length", "beams", "no_repeat_ngram"];
 
 export class SettingsPanel {
   constructor(elements) {
     this.panel = elements.panel;
     this.inputs = [...elements.inputs];
     this.toggle = elements.toggle;
+    this.presetNote = elements.presetNote;
+    this.onChange = elements.onChange ?? (() => {});
     this.locked = new Set();
     const saved = storage.loadSettings();
     for (const input of this.inputs) {
@@ -17,6 +19,13 @@ export class SettingsPanel {
       this.show(input);
     }
     elements.reset.addEventListener("click", () => this.reset());
+    for (const button of elements.presets) {
+      button.addEventListener("click", () => {
+        this.apply(JSON.parse(button.dataset.settings));
+        this.presetNote.textContent = button.dataset.note;
+      });
+    }
+    this.showMode();
     this.toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
   }
 
@@ -27,8 +36,26 @@ export class SettingsPanel {
 
   changed(input) {
     this.show(input);
+    this.showMode();
     const own = this.inputs.filter((i) => !this.locked.has(i.name)); // a locked value is the teacher's, not saved
     storage.saveSettings(Object.fromEntries(own.map((i) => [i.name, i.value])));
+    this.onChange();
+  }
+
+  // Set several settings at once (a preset, an example), leaving the teacher's locked ones alone.
+  apply(values) {
+    for (const input of this.inputs) {
+      if (values[input.name] === undefined || this.locked.has(input.name)) continue;
+      input.value = values[input.name];
+      this.show(input);
+    }
+    this.changed(this.inputs[0]);
+  }
+
+  // Settings the chosen decoding mode does not use are dimmed (greedy and beam search ignore temperature…).
+  showMode() {
+    const mode = this.inputs.find((input) => input.name === "mode")?.value ?? "sample";
+    this.panel.dataset.mode = mode;
   }
 
   // The teacher's class settings: defaults for students who chose nothing, locks, and size caps.
@@ -50,6 +77,7 @@ export class SettingsPanel {
       if (caps[name] !== undefined && Number(input.value) > caps[name]) input.value = caps[name];
       this.show(input);
     }
+    this.showMode();
   }
 
   show(input) {
@@ -64,6 +92,8 @@ export class SettingsPanel {
       this.show(input);
     }
     storage.saveSettings({});
+    this.showMode();
+    this.onChange();
   }
 
   // The settings to send with a request, typed as the protocol expects.
@@ -74,6 +104,9 @@ export class SettingsPanel {
       else if (input.name === "seed") values.seed = input.value === "" ? null : Number(input.value);
       else values[input.name] = input.value;
     }
+    // greedy writes one text however often it is asked; beam search shows at most its beams
+    if (values.mode === "greedy") values.n = 1;
+    if (values.mode === "beam") values.n = Math.min(values.n, values.beams);
     return values;
   }
 }

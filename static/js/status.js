@@ -31,6 +31,13 @@ export class StatusBar {
   }
 
   message(text) {
+    this.el.message.classList.remove("note");
+    this.el.message.textContent = text;
+  }
+
+  // Like message, but news rather than a problem.
+  note(text) {
+    this.el.message.classList.add("note");
     this.el.message.textContent = text;
   }
 }

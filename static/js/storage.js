@@ -20,8 +20,8 @@ function write(key, value) {
 }
 
 export const storage = {
-  loadDocument: () => read(DOCUMENT_KEY, { text: "", caret: 0 }),
-  saveDocument: (text, caret) => write(DOCUMENT_KEY, { text, caret }),
+  loadDocument: () => read(DOCUMENT_KEY, { text: "", caret: 0, spans: [] }),
+  saveDocument: (text, caret, spans = []) => write(DOCUMENT_KEY, { text, caret, spans }),
   loadSettings: () => read(SETTINGS_KEY, {}),
   saveSettings: (settings) => write(SETTINGS_KEY, settings),
 };

@@ -1,0 +1,145 @@
+// Read-only views of the document: every token tinted by how surprised the model was, or the model's own text marked.
+
+// Rank buckets as in GLTR: was the token among the model's 10, 100, 1000 likeliest guesses, or beyond?
+const BUCKETS = [
+  { max: 10, name: "top10", label: "top 10" },
+  { max: 100, name: "top100", label: "top 100" },
+  { max: 1000, name: "top1000", label: "top 1000" },
+  { max: Infinity, name: "beyond", label: "beyond" },
+];
+
+export function bucketOf(rank) {
+  return BUCKETS.find((bucket) => rank <= bucket.max).name;
+}
+
+// A token's text with its spaces and line breaks made visible.
+export function visible(piece) {
+  return piece.replace(/ /g, "\u2423").replace(/\n/g, "\u21b5");
+}
+
+export function percent(logprob) {
+  const p = Math.exp(logprob) * 100;
+  return p >= 10 ? `${p.toFixed(0)} %` : p >= 0.1 ? `${p.toFixed(1)} %` : `${p.toPrecision(1)} %`;
+}
+
+export class Lens {
+  constructor(elements, callbacks) {
+    this.el = elements.lens;
+    this.title = elements.title;
+    this.legend = elements.legend;
+    this.body = elements.text;
+    this.tip = elements.tip;
+    this.tokens = [];
+    elements.close.addEventListener("click", () => callbacks.onClose());
+    this.el.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") { event.preventDefault(); callbacks.onClose(); }
+    });
+    const show = (event) => {
+      const span = event.target.closest?.("[data-token]");
+      if (span) this.showTip(span);
+    };
+    this.body.addEventListener("mouseover", show);
+    this.body.addEventListener("focusin", show);
+    this.body.addEventListener("mouseleave", () => { this.tip.hidden = true; });
+    this.body.addEventListener("focusout", () => { this.tip.hidden = true; });
+  }
+
+  get isOpen() {
+    return !this.el.hidden;
+  }
+
+  close() {
+    this.el.hidden = true;
+    this.tip.hidden = true;
+  }
+
+  waiting(text) {
+    this.open("Surprise: scoring…", []);
+    this.body.textContent = text;
+  }
+
+  // `text` is the whole document; `offset` is where the scored text began in it; `score` the server's answer.
+  showSurprise(text, offset, score) {
+    const legend = BUCKETS.map((bucket) => ({ className: `swatch ${bucket.name}`, text: bucket.label }));
+    const figure = score.perplexity === null ? "" : ` · perplexity ${score.perplexity.toFixed(1)}`;
+    this.open(`Surprise: was each token among the model's likeliest guesses?${figure}`, legend);
+    this.tokens = score.tokens;
+    let at = offset + score.scored_from;
+    const parts = [];
+    if (at > 0) parts.push(plain(text.slice(0, at), "unscored", "Beyond the model's window: not scored"));
+    score.tokens.forEach((token, i) => {
+      const end = offset + token.end;
+      const span = document.createElement("span");
+      span.className = `token ${bucketOf(token.rank)}`;
+      span.dataset.token = String(i);
+      span.tabIndex = 0;
+      span.setAttribute("aria-describedby", "lens-tip");
+      span.textContent = text.slice(at, end);
+      parts.push(span);
+      at = end;
+    });
+    if (at < text.length) parts.push(plain(text.slice(at), "unscored", "Not scored yet"));
+    this.body.replaceChildren(...parts);
+  }
+
+  // `runs` from Provenance.runs(): the model's text is marked with who wrote it.
+  showProvenance(runs, modelCharacters, totalCharacters) {
+    const share = totalCharacters ? Math.round((100 * modelCharacters) / totalCharacters) : 0;
+    this.open(`Model-written: ${modelCharacters} of ${totalCharacters} characters (${share} %)`,
+      [{ className: "swatch model-written", text: "written by the model" }]);
+    this.tokens = [];
+    this.body.replaceChildren(...runs.map((run) => {
+      if (!run.model) return document.createTextNode(run.text);
+      const mark = document.createElement("mark");
+      mark.className = "model-written";
+      mark.title = `written by ${run.model}`;
+      mark.textContent = run.text;
+      return mark;
+    }));
+  }
+
+  open(title, legend) {
+    this.el.hidden = false;
+    this.tip.hidden = true;
+    this.title.textContent = title;
+    this.legend.replaceChildren(...legend.map(({ className, text }) => {
+      const item = document.createElement("span");
+      item.className = className;
+      item.textContent = text;
+      return item;
+    }));
+  }
+
+  // The tooltip: the token's probability and rank, and the model's five likeliest tokens at that place.
+  showTip(span) {
+    const token = this.tokens[Number(span.dataset.token)];
+    if (!token) return;
+    const head = document.createElement("p");
+    head.className = "tip-head";
+    head.textContent = `\u201c${visible(token.text)}\u201d ${percent(token.logprob)} · rank ${token.rank}`;
+    const list = document.createElement("ol");
+    for (const other of token.top) {
+      const item = document.createElement("li");
+      item.textContent = `\u201c${visible(other.text)}\u201d ${percent(other.logprob)}`;
+      if (other.text === token.text) item.className = "actual";
+      list.append(item);
+    }
+    const label = document.createElement("p");
+    label.textContent = "The model's five likeliest here:";
+    this.tip.replaceChildren(head, label, list);
+    this.tip.hidden = false;
+    const box = this.el.getBoundingClientRect();
+    const rect = span.getBoundingClientRect();
+    const left = Math.min(rect.left - box.left, box.width - this.tip.offsetWidth - 8);
+    this.tip.style.left = `${Math.max(8, left)}px`;
+    this.tip.style.top = `${rect.bottom - box.top + this.el.scrollTop + 4}px`;
+  }
+}
+
+function plain(text, className, title) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.title = title;
+  span.textContent = text;
+  return span;
+}
