@@ -208,8 +208,8 @@ def test_locked_class_settings_reach_pages_and_bind_requests(class_app):
     [done] = payloads(wait_for(client, "s"), "done", "s")
     assert len(done["options"]) == 1, "an unlocked default is only a default"
     assert done["stats"]["new_tokens"] == 2, "the locked length wins over the student's 20"
-    bad = admin.post("/admin/api/policy", json={"defaults": {"seed": 1}, "locked": []})
-    assert bad.status_code == 400 and "seed" in bad.get_json()["error"]
+    bad = admin.post("/admin/api/policy", json={"defaults": {"max_time": 1}, "locked": []})
+    assert bad.status_code == 400 and "max_time" in bad.get_json()["error"]
 
 
 def test_class_settings_survive_a_restart(class_app, tiny):

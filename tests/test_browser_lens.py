@@ -169,3 +169,47 @@ def test_markdown_round_trips_text_that_looks_like_html(page, tmp_path):
     }""", text)
     back = page.evaluate("() => window.roundTrip")
     assert back["text"] == text and back["spans"] == [{"start": 2, "end": 5, "model": 'm "x"'}]
+
+
+@pytest.fixture(scope="module")
+def two_model_server(embedded, tmp_path_factory):
+    """The embedded model (the default) and a tiny random GPT-2 saved to a folder, served side by side."""
+    from conftest import RunningServer, build_tiny_gpt2
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    build_tiny_gpt2(embedded.tokenizer).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    server = RunningServer("embedded", args=("--model", str(folder))).wait_ready()
+    yield server
+    server.stop()
+
+
+def test_compare_mode_shows_two_models_side_by_side(browser, two_model_server):
+    page = open_page(browser, two_model_server.url)
+    status = page.locator("#status .status-model")
+    page.wait_for_function("() => document.querySelector('#status .status-model').textContent.includes('tiny-gpt2 (')")
+    assert status.inner_text().startswith("SmolLM2") and "M)" in status.inner_text()
+    set_settings(page, {**GREEDY, "n": "2"})
+    page.select_option("#compare-model", "tiny-gpt2")
+    editor = write(page, "The weather today is")
+    editor.press("Tab")
+    wait_until_done(page)
+    heads = page.locator("#suggestions .column-head").all_inner_texts()
+    assert len(heads) == 2 and heads[0].startswith("SmolLM2") and heads[1].startswith("tiny-gpt2")
+    assert all("parameters" in head and "first words in" in head for head in heads)
+    assert options(page).count() == 4
+    suggests = sent(page, "suggest")
+    assert [s["settings"]["model"] for s in suggests[-2:]] == [suggests[-2]["settings"]["model"], "tiny-gpt2"]
+    assert suggests[-1]["text"] == suggests[-2]["text"], "both models continue the same text"
+    page.screenshot(path=str(ARTIFACTS / "compare-models.png"))
+    editor.press("Tab")  # longer: both columns grow
+    wait_until_done(page)
+    editor.press("ArrowDown")
+    editor.press("ArrowDown")  # the third option: the tiny model's first
+    tiny_text = option_texts(page)[2]
+    editor.press("Enter")
+    assert editor.input_value() == "The weather today is" + tiny_text
+    page.get_by_role("button", name="Model-written").click()
+    assert page.locator("#lens mark.model-written").get_attribute("title") == "written by tiny-gpt2"
+    assert page.errors == []
+    page.context.close()

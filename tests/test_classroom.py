@@ -51,7 +51,7 @@ def test_policy_locks_replace_the_students_values_and_keep_the_rest():
 
 
 @pytest.mark.parametrize("payload, field", [
-    ({"defaults": {"seed": 3}}, "seed"),
+    ({"defaults": {"max_time": 3}}, "max_time"),
     ({"defaults": {}, "locked": ["length"]}, "length"),
     ({"defaults": {"length": 0}}, "settings.length"),
     ({"defaults": {"n": 4}}, "settings.n"),  # over this server's cap of 3

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from webapp import config
-from webapp.cli import build_parser, print_banner
+from webapp.cli import build_parser, model_setting, print_banner
 from webapp.sharing import share_url
 
 
@@ -13,16 +13,19 @@ def test_defaults(monkeypatch):
     for setting in config.SETTINGS + config.LIMITS:
         monkeypatch.delenv(f"TABWRITE_{setting.name}", raising=False)
     args = build_parser().parse_args([])
-    assert (args.model, args.host, args.port, args.device, args.dtype) == ("auto", "127.0.0.1", 5000, "auto", "auto")
+    assert (model_setting(args), args.host, args.port, args.device, args.dtype) == (
+        "auto", "127.0.0.1", 5000, "auto", "auto")
 
 
 def test_environment_overrides_defaults_and_flags_override_both(monkeypatch):
     monkeypatch.setenv("TABWRITE_PORT", "6123")
     monkeypatch.setenv("TABWRITE_MODEL", "gpt2")
     args = build_parser().parse_args([])
-    assert args.port == 6123 and args.model == "gpt2"
+    assert args.port == 6123 and model_setting(args) == "gpt2"
     args = build_parser().parse_args(["--port", "7000", "--model", "embedded"])
-    assert args.port == 7000 and args.model == "embedded"
+    assert args.port == 7000 and model_setting(args) == "embedded"
+    args = build_parser().parse_args(["--model", "embedded", "--model", "/models/tiny"])
+    assert model_setting(args) == "embedded,/models/tiny", "several models, the first the default"
 
 
 def test_environment_values_are_typed_like_their_defaults():

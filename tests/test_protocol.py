@@ -130,7 +130,8 @@ def test_text_with_half_a_surrogate_pair_is_refused():
 def test_decoding_modes_and_their_settings():
     request = suggest(settings={"mode": "beam", "beams": 5, "n": 5, "no_repeat_ngram": 3})
     assert (request.settings.mode, request.settings.beams, request.settings.no_repeat_ngram) == ("beam", 5, 3)
-    for settings, field in [({"mode": "nucleus"}, "settings.mode"), ({"mode": "beam", "beams": 2, "n": 3}, "settings.n"),
+    for settings, field in [({"mode": "nucleus"}, "settings.mode"),
+                            ({"mode": "beam", "beams": 2, "n": 3}, "settings.n"),
                             ({"beams": 9}, "settings.beams"), ({"no_repeat_ngram": -1}, "settings.no_repeat_ngram")]:
         with pytest.raises(ProtocolError) as error:
             suggest(settings=settings)

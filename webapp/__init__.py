@@ -7,7 +7,7 @@ HTTP views. Read it to know the whole app.
 
 
 def create_app(config=None, model=None):
-    """Build the app; `model` (a LoadedModel) skips loading, as tests and benchmarks do."""
+    """Build the app; `model` (a LoadedModel, or a list of them) skips loading, as tests and benchmarks do."""
     # Imported here, not at the top: `tabwrite` must let eventlet monkey-patch the
     # standard library before Flask and its friends are imported.
     import secrets
@@ -23,7 +23,7 @@ def create_app(config=None, model=None):
     from .concurrency import Runner
     from .documents import documents
     from .events import register_events
-    from .loader import ModelLoader
+    from .loader import ModelLoader, ModelSet
     from .protocol import STATUS
     from .scheduler import Scheduler
     from .store import Store
@@ -44,16 +44,24 @@ def create_app(config=None, model=None):
     socketio = SocketIO(app, async_mode=app.config["ASYNC_MODE"], cors_allowed_origins=gatekeeper.origin_allowed,
                         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"])
     runner = Runner(socketio)
-    scheduler = Scheduler(runner, socketio.emit, max_queue=app.config["MAX_QUEUE"],
-                          kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"],
-                          prefix_budget_bytes=app.config["PREFIX_CACHE_MB"] << 20)
-    scheduler.on_finish = classroom.finished
-    loader = ModelLoader(app.config, runner, scheduler, on_change=lambda status: socketio.emit(STATUS, status))
-    app.extensions.update({"tabwrite": loader, "tabwrite.classroom": classroom, "tabwrite.access": gatekeeper})
-    register_events(socketio, scheduler, loader, classroom, app.config["MAX_TEXT_CHARS"])
+    given = model if isinstance(model, list) else [model] if model is not None else None
+
+    def new_loader(requested):
+        """One served model: its own scheduler (queue, caches, loop) and its loader."""
+        scheduler = Scheduler(runner, socketio.emit, max_queue=app.config["MAX_QUEUE"],
+                              kv_budget_bytes=app.config["KV_CACHE_MB"] << 20, keep_sets=app.config["KEEP_SETS"],
+                              prefix_budget_bytes=app.config["PREFIX_CACHE_MB"] << 20)
+        scheduler.on_finish = classroom.finished
+        return ModelLoader(app.config, runner, scheduler, on_change=lambda: socketio.emit(STATUS, models.status()),
+                           requested=requested)
+
+    requested = [loaded.name for loaded in given] if given else settings.model_names(app.config)
+    models = ModelSet([new_loader(name) for name in requested], runner, app.config["MODELS_MEMORY_MB"] << 20)
+    app.extensions.update({"tabwrite": models, "tabwrite.classroom": classroom, "tabwrite.access": gatekeeper})
+    register_events(socketio, models, classroom, app.config["MAX_TEXT_CHARS"])
     for blueprint in (views, access, admin, documents):
         app.register_blueprint(blueprint)
     app.before_request(refuse_foreign_posts)
     app.after_request(add_security_headers)
-    loader.start(model)
+    models.start(given)
     return app

@@ -33,12 +33,12 @@ def dashboard():
 @admin_only
 def state():
     """Everything the dashboard shows, as JSON."""
-    loader, classroom, _ = _parts()
+    models, classroom, _ = _parts()
     documents = [{"id": d.id, "author": d.author, "created": d.created, "chars": len(d.text),
                   "url": url_for("documents.show", document_id=d.id)} for d in classroom.store.documents()]
     return jsonify({
-        "model": loader.status(),
-        "queue": {**loader.scheduler.load(), "limit": loader.scheduler.max_queue},
+        "model": models.status(),
+        "queue": {**models.load(), "limit": models.scheduler.max_queue},
         "summary": classroom.metrics.summary(),
         "history": classroom.metrics.history(),
         "students": classroom.roster(),

@@ -17,8 +17,9 @@ def build_parser():
     """Flags override TABWRITE_* environment variables, which override the defaults."""
     env = {**settings.DEFAULTS, **settings.from_env()}
     parser = argparse.ArgumentParser(prog="tabwrite", description="Write with a language model: press TAB.")
-    parser.add_argument("--model", default=env["MODEL"],
-                        help="auto (gpt2-large, or the embedded model offline), embedded, a Hub id, or a directory")
+    parser.add_argument("--model", action="append",
+                        help="auto (gpt2-large, or the embedded model offline), embedded, a Hub id, or a directory; "
+                             f"repeat it to serve several, the first being the default (default: {env['MODEL']})")
     parser.add_argument("--device", default=env["DEVICE"], help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, float16 or bfloat16")
     parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
@@ -46,12 +47,13 @@ def main(argv=None):
     eventlet.monkey_patch()  # before Flask, torch or anything else opens sockets or threads
     sys.setswitchinterval(SWITCH_INTERVAL)
     args = build_parser().parse_args(argv)
+    models = model_setting(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import create_app
     from .access import ConfigError
     from .models import ModelError
 
-    config = {"MODEL": args.model, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
+    config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
               "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet",
               "ACCESS_CODE": args.access_code, "ADMIN_TOKEN": args.admin_token,
               "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database}
@@ -60,10 +62,17 @@ def main(argv=None):
     except (ModelError, ConfigError) as error:
         print(f"tabwrite: cannot start: {error}", file=sys.stderr)
         return 2
-    app.extensions["tabwrite"].on_error = _stop_process
-    print_banner(app.config, args.model)
+    app.extensions["tabwrite"].set_on_error(_stop_process)
+    print_banner(app.config, models.replace(",", ", "))
     app.extensions["socketio"].run(app, host=args.host, port=args.port, log_output=args.log_level.upper() == "DEBUG")
     return 0
+
+
+def model_setting(args):
+    """The MODEL setting from the flags: every --model given, comma-separated, else TABWRITE_MODEL or the default."""
+    if args.model:
+        return ",".join(args.model)
+    return {**settings.DEFAULTS, **settings.from_env()}["MODEL"]
 
 
 def print_banner(config, model):

@@ -18,7 +18,12 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("MODEL", "auto", "Model to serve: auto, embedded, a Hugging Face id, or a local directory."),
+    Setting("MODEL", "auto",
+            "Model to serve: auto, embedded, a Hugging Face id, or a local directory; several, comma-separated "
+            "(the first is the default)."),
+    Setting("MODELS_MEMORY_MB", 0,
+            "Memory the served models' weights may take together; a model that does not fit is not loaded "
+            "(0: no limit)."),
     Setting("DEVICE", "auto", "auto (GPU when available), cpu, cuda, cuda:N or mps."),
     Setting("DTYPE", "auto", "auto (float32 on CPU, float16 on GPU), float32, float16 or bfloat16."),
     Setting("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 serves the whole network."),
@@ -68,6 +73,11 @@ def from_env(environ=None):
         if raw is not None:
             found[setting.name] = type(setting.default)(raw)
     return found
+
+
+def model_names(config):
+    """The MODEL setting as a list: one entry per model to serve, the default first."""
+    return [name.strip() for name in str(config["MODEL"]).split(",") if name.strip()]
 
 
 def cache_dir(config):

@@ -504,9 +504,9 @@ class Engine:
         if room <= 0:
             return [([], [])] * count
         inputs = torch.tensor([ids], device=self.device)
-        out = self.model.generate(
-            inputs, attention_mask=torch.ones_like(inputs), **beam_arguments(settings, count, min(settings.length, room)),
-            pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
+        arguments = beam_arguments(settings, count, min(settings.length, room))
+        out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), pad_token_id=self.pad_id,
+                                  output_scores=True, return_dict_in_generate=True, **arguments)
         steps = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
                                                      normalize_logits=False)
         found = []

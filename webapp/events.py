@@ -10,21 +10,21 @@ from .protocol import (CancelRequest, DistributionRequest, ExtendRequest, PrimeR
                        SuggestRequest)
 
 
-def register_events(socketio, scheduler, loader, classroom, max_text_chars):
-    """Attach TabWrite's event handlers to `socketio`."""
+def register_events(socketio, models, classroom, max_text_chars):
+    """Attach TabWrite's event handlers to `socketio`; `models` is the ModelSet (each model has its scheduler)."""
 
     def reply_error(payload, error):
         socketio.emit(protocol.ERROR, protocol.error_payload(protocol.request_id_of(payload), error), to=request.sid)
 
-    def submit(request_):
-        """Hand an admitted request to the scheduler, counting it (or the `busy` refusal)."""
+    def submit(request_, model):
+        """Hand an admitted request to its model's scheduler, counting it (or the `busy` refusal)."""
         try:
-            scheduler.submit(request.sid, request_, owner=classroom.student_of(request.sid).id)
+            models.scheduler_for(model).submit(request.sid, request_, owner=classroom.student_of(request.sid).id)
         except ProtocolError as error:
             if error.code == protocol.BUSY:
                 classroom.metrics.request_refused_busy()
             raise
-        classroom.metrics.request_received(scheduler.depth())
+        classroom.metrics.request_received(models.depth())
 
     @socketio.on("connect")
     def on_connect(auth=None):
@@ -33,12 +33,13 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
             # the page sees this message in `connect_error` and sends the student to /join
             raise ConnectionRefusedError("join the class first: enter the class code", {"code": "join"})
         classroom.connect(request.sid, session)
-        socketio.emit(protocol.STATUS, loader.status(), to=request.sid)
+        socketio.emit(protocol.STATUS, models.status(), to=request.sid)
         socketio.emit(protocol.POLICY, classroom.policy.to_payload(), to=request.sid)
 
     @socketio.on("disconnect")
     def on_disconnect(reason=None):
-        scheduler.disconnect(request.sid)
+        for scheduler in models.schedulers:
+            scheduler.disconnect(request.sid)
         classroom.disconnect(request.sid)
 
     def replying_errors(handler):
@@ -58,7 +59,7 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
     def on_suggest(payload):
         suggest = SuggestRequest.from_payload(payload, max_text_chars, classroom.policy.base())
         settings = classroom.admit(classroom.student_of(request.sid), suggest.settings)
-        submit(SuggestRequest(suggest.id, suggest.text, settings))
+        submit(SuggestRequest(suggest.id, suggest.text, settings), settings.model)
 
     @socketio.on(protocol.EXTEND)
     @replying_errors
@@ -66,29 +67,35 @@ def register_events(socketio, scheduler, loader, classroom, max_text_chars):
         extend = ExtendRequest.from_payload(payload)
         overrides = classroom.policy.apply_overrides(extend.settings)
         classroom.admit(classroom.student_of(request.sid), None)
-        submit(ExtendRequest(extend.id, extend.parent, overrides))
+        # the page names the set's model; the parent is looked for in that model's scheduler
+        submit(ExtendRequest(extend.id, extend.parent, overrides), extend.settings.get("model"))
 
     @socketio.on(protocol.PRIME)
     @replying_errors
     def on_prime(payload):
         # not rate-limited or queued: one pending text per tab, read only while the model is idle
         prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
-        scheduler.prime(request.sid, PrimeRequest(prime.id, prime.text, classroom.policy.apply(prime.settings)))
+        settings = classroom.policy.apply(prime.settings)
+        models.scheduler_for(settings.model).prime(request.sid, PrimeRequest(prime.id, prime.text, settings))
 
     @socketio.on(protocol.SCORE)
     @replying_errors
     def on_score(payload):
-        scheduler.score(request.sid, ScoreRequest.from_payload(payload, max_text_chars))
+        score = ScoreRequest.from_payload(payload, max_text_chars)
+        models.scheduler_for(score.model).score(request.sid, score)
 
     @socketio.on(protocol.DISTRIBUTION)
     @replying_errors
     def on_distribution(payload):
         # idle-time work like `score`; a settings change on the same text is answered without the model
         asked = DistributionRequest.from_payload(payload, max_text_chars, classroom.policy.base())
-        scheduler.distribution(request.sid, DistributionRequest(asked.id, asked.text,
-                                                                classroom.policy.apply(asked.settings)))
+        settings = classroom.policy.apply(asked.settings)
+        models.scheduler_for(settings.model).distribution(request.sid,
+                                                          DistributionRequest(asked.id, asked.text, settings))
 
     @socketio.on(protocol.CANCEL)
     @replying_errors
     def on_cancel(payload):
-        scheduler.cancel(request.sid, CancelRequest.from_payload(payload).id)
+        request_id = CancelRequest.from_payload(payload).id
+        for scheduler in models.schedulers:  # ids are the client's own: only the one running it has it
+            scheduler.cancel(request.sid, request_id)

@@ -45,6 +45,7 @@ class LoadedModel:
     max_context: int
     eos_ids: frozenset = field(default_factory=frozenset)
     warning: str | None = None
+    parameters: int = 0  # weights, counted once where they are shared (GPT-2's tied embeddings)
 
 
 def resolve_model(requested):
@@ -217,6 +218,7 @@ def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=N
         max_context=min(max_context, _model_window(model)),
         eos_ids=_eos_ids(model, tokenizer),
         warning=spec.warning,
+        parameters=count_parameters(model),
     )
 
 
@@ -225,7 +227,28 @@ def wrap_model(model, tokenizer, name, max_context=1024, warning=None):
     device = str(next(model.parameters()).device)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return LoadedModel(model.eval(), tokenizer, name, device, dtype,
-                       min(max_context, _model_window(model)), _eos_ids(model, tokenizer), warning)
+                       min(max_context, _model_window(model)), _eos_ids(model, tokenizer), warning,
+                       count_parameters(model))
+
+
+def count_parameters(model):
+    """How many weights `model` has (shared tensors once)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def estimate_weight_bytes(spec, dtype="auto", cache_root=None):
+    """Memory the weights of `spec` will take in `dtype`, from its configuration alone (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location = spec.location
+    if spec.source == EMBEDDED:
+        location = str(ensure_embedded(cache_root or Path.home() / ".cache" / "tabwrite"))
+    config = AutoConfig.from_pretrained(location, local_files_only=spec.offline)
+    with torch.device("meta"):  # shapes only: no memory, no random initialisation
+        skeleton = AutoModelForCausalLM.from_config(config)
+    torch_dtype = pick_dtype(dtype, "cpu") if dtype == "auto" else getattr(torch, dtype)
+    return count_parameters(skeleton) * torch.empty((), dtype=torch_dtype).element_size()
 
 
 def _model_window(model):

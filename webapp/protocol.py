@@ -45,6 +45,7 @@ UNKNOWN_PARENT = "unknown_parent"  # extend named a set the server no longer has
 INTERNAL = "internal"  # the model failed; the connection stays up
 
 MAX_ID_CHARS = 64
+MAX_MODEL_CHARS = 200
 
 
 class ProtocolError(ValueError):
@@ -86,6 +87,7 @@ class SamplingSettings:
     mode: str = SAMPLE  # "sample", "greedy" (the likeliest token every time) or "beam" (beam search)
     beams: int = 4  # beam search: sequences kept at each step; the n best are the options (n <= beams)
     no_repeat_ngram: int = 0  # never repeat a word sequence of this many tokens; 0 = off
+    model: str | None = None  # which served model writes (its name in `status.models`); None = the default
 
     @classmethod
     def from_payload(cls, payload, base=None):
@@ -106,6 +108,8 @@ class SamplingSettings:
                 values[name] = _check_choice(value, STOP_AT, "settings.stop_at")
             elif name == "mode":
                 values[name] = _check_choice(value, MODES, "settings.mode")
+            elif name == "model":
+                values[name] = _check_model(value, "settings.model")
             elif name == "seed":
                 values[name] = None if value is None else _check_number(value, SEED_RANGE, "settings.seed")
             else:
@@ -181,16 +185,17 @@ class PrimeRequest(SuggestRequest):
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """`score {id, text}`: how likely the model finds `text` (the page sends the whole document)."""
+    """`score {id, text, model?}`: how likely a model finds `text` (the page sends the whole document)."""
 
     id: str
     text: str
+    model: str | None = None
 
     @classmethod
     def from_payload(cls, payload, max_text_chars):
-        """Validate a `score` payload: an id and a text within the size limit."""
+        """Validate a `score` payload: an id, a text within the size limit, and optionally a model's name."""
         text = _check_text(_check_object(payload), max_text_chars)
-        return cls(id=_check_id(payload), text=text)
+        return cls(id=_check_id(payload), text=text, model=_check_model(payload.get("model"), "model"))
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,14 @@ def _check_number(value, allowed, name):
     if not allowed.low <= value <= allowed.high:  # also rejects NaN
         raise ProtocolError(f"{name} must be {allowed.describe()} (got {value})", name)
     return allowed.kind(value)
+
+
+def _check_model(value, name):
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_MODEL_CHARS:
+        raise ProtocolError(f"{name} must be the name of a served model (see status.models)", name)
+    return value
 
 
 def _check_choice(value, choices, name):

@@ -29,8 +29,8 @@ def index():
 @views.get("/healthz")
 def healthz():
     """Whether the model is ready, and which model, device and dtype serve."""
-    loader = current_app.extensions["tabwrite"]
-    return jsonify({**loader.status(), "queue": loader.scheduler.load()})
+    models = current_app.extensions["tabwrite"]
+    return jsonify({**models.status(), "queue": models.load()})
 
 
 @views.get("/vendor/socket.io/<path:filename>")

@@ -5,6 +5,7 @@ import { DistributionPanel } from "./distribution.js";
 import { Editor } from "./editor.js";
 import { exportDocument, importDocument } from "./files.js";
 import { Lens } from "./lens.js";
+import { Column, OptionSet } from "./optionsets.js";
 import { SuggestionsPopup } from "./popup.js";
 import { Provenance } from "./provenance.js";
 import { Publisher } from "./publish.js";
@@ -24,7 +25,7 @@ const statusBar = new StatusBar({
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
   toggle: $("settingsToggle"), reset: $("settingsReset"),
-  presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"),
+  presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"), compare: $("compareModel"),
   onChange: () => requestDistribution(),
 });
 const lens = new Lens(
@@ -48,11 +49,10 @@ const popup = new SuggestionsPopup(
   },
 );
 
-// Option sets offered at the current caret position, oldest first. A set keeps every
-// request id that wrote into it (a suggest, then its extends), so late deltas still land.
+// Option sets offered at the current caret position, oldest first (see optionsets.js).
 let sets = [];
 let current = -1;
-let active = null; // the request in flight: { id, set, sentAt, firstAt }
+let active = null; // the set whose requests are in flight
 let primeTimer = null;
 let lastPrimed = null; // the text the server last read ahead of Tab
 let lastScored = null; // the document whose perplexity the status bar shows
@@ -60,7 +60,9 @@ let scoring = null; // the `score` request in flight: { id, text, offset }
 let scored = null; // its answer: { text, offset, result }
 let asked = null; // the `distribution` request whose answer the chart waits for: { id, text, settings }
 let view = "write";
-let modelName = $("statusModel").textContent;
+// the server's first model: what a request without one gets
+let defaultModel = document.querySelector("#setting-model").dataset.default || $("statusModel").textContent;
+let modelSizes = {}; // model name -> parameters
 const saved = storage.loadDocument();
 const provenance = new Provenance(saved.text, saved.spans ?? []);
 
@@ -75,7 +77,7 @@ const connection = new Connection({
     // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
     if (reason === "io server disconnect") statusBar.connection("disconnected", "signed out: reload the page to join again");
     else statusBar.connection("disconnected", "reconnecting…");
-    if (active) stopStreaming(active.set);
+    if (active) stopStreaming(active);
     active = null;
   },
   connect_error: (error) => {
@@ -84,7 +86,9 @@ const connection = new Connection({
   },
   status: (status) => {
     statusBar.model(status);
-    if (status.model) modelName = status.model;
+    if (status.model) defaultModel = status.model;
+    modelSizes = Object.fromEntries((status.models ?? []).map((m) => [m.model, m.parameters]));
+    settings.showModels(status.models ?? []);
   },
   policy: (policy) => settings.applyPolicy(policy),
   score: onScore,
@@ -98,84 +102,98 @@ const connection = new Connection({
 
 // ---- requests ------------------------------------------------------------------------
 
+// The models a Tab asks: the chosen one, and in compare mode a second one beside it.
+function modelsToAsk(values) {
+  const chosen = values.model || defaultModel;
+  const other = $("compareModel").value;
+  return other && other !== chosen ? [chosen, other] : [chosen];
+}
+
 function requestSuggestions() {
   cancelActive();
-  const id = connection.nextId();
   const values = settings.values();
-  const set = { ids: new Set([id]), requestId: id, options: Array(values.n).fill(""), finish: null, streaming: true,
-    settings: values, likelihood: null };
-  sets.push(set);
+  const columns = modelsToAsk(values).map((model) => {
+    const id = connection.nextId();
+    connection.send("suggest", { id, text: editor.textBeforeCaret(), settings: { ...values, model } });
+    return new Column(id, model, { ...values, model }, values.n);
+  });
+  active = new OptionSet(columns);
+  sets.push(active);
   current = sets.length - 1;
-  active = { id, set, sentAt: performance.now(), firstAt: null };
-  connection.send("suggest", { id, text: editor.textBeforeCaret(), settings: values });
   openPopup();
 }
 
 function extendSet() {
   const set = sets[current];
-  const parent = set.requestId;
-  const id = connection.nextId();
-  // an extend keeps the set's size, decoding mode and random stream
-  const { n, seed, mode, ...overrides } = settings.values();
-  set.ids.add(id);
-  set.requestId = id;
-  set.streaming = true;
-  active = { id, set, sentAt: performance.now(), firstAt: null };
-  connection.send("extend", { id, parent, settings: overrides });
+  // an extend keeps the set's size, decoding mode, model and random stream
+  const { n, seed, mode, model, ...overrides } = settings.values();
+  for (const column of set.columns) {
+    const parent = column.requestId;
+    const id = connection.nextId();
+    column.continueWith(id);
+    connection.send("extend", { id, parent, settings: { ...overrides, model: column.model } });
+  }
+  active = set;
   popup.hideError();
-  popup.render(set, current, sets.length);
+  renderCurrent();
 }
 
 function cancelActive() {
   if (!active) return;
-  connection.send("cancel", { id: active.id });
-  stopStreaming(active.set);
+  for (const column of active.columns) {
+    if (column.streaming) connection.send("cancel", { id: column.requestId });
+  }
+  stopStreaming(active);
   active = null;
 }
 
 function stopStreaming(set) {
-  set.streaming = false;
-  if (sets[current] === set) popup.render(set, current, sets.length);
+  for (const column of set.columns) column.streaming = false;
+  if (sets[current] === set) renderCurrent();
+}
+
+function renderCurrent() {
+  popup.render(sets[current], current, sets.length, modelSizes);
 }
 
 // ---- server events ---------------------------------------------------------------------
 
-function onDelta({ id, deltas }) {
-  const set = sets.find((s) => s.ids.has(id));
-  if (!set) return;
-  deltas.forEach((text, i) => { if (i < set.options.length) set.options[i] += text; });
-  if (active && active.id === id && active.firstAt === null) {
-    active.firstAt = performance.now();
-    statusBar.timing(active.firstAt - active.sentAt);
+function findColumn(id) {
+  for (const set of sets) {
+    const column = set.columnOf(id);
+    if (column) return { set, column };
   }
-  if (sets[current] === set) {
-    set.options.forEach((text, i) => popup.updateOption(i, text, null, set.streaming));
-  }
+  return {};
 }
 
-function onDone({ id, options, finish, likelihood, stats }) {
-  const set = sets.find((s) => s.ids.has(id));
+function onDelta({ id, deltas }) {
+  const { set, column } = findColumn(id);
   if (!set) return;
-  if (options.length === set.options.length) set.options = [...options]; // the server's text is the truth
-  if (id === set.requestId) {
-    set.streaming = false;
-    set.finish = finish;
-    set.likelihood = likelihood;
-    if (stats?.settings) set.settings = stats.settings; // what really wrote them (the teacher may have locked some)
-    if (active && active.id === id) active = null;
-  }
-  if (sets[current] === set) popup.render(set, current, sets.length);
+  const waiting = column.firstMs === null;
+  column.addDeltas(deltas);
+  if (waiting && column.firstMs !== null && column === set.columns[0]) statusBar.timing(column.firstMs);
+  if (sets[current] === set) popup.updateColumn(set, column, modelSizes);
+}
+
+function onDone(payload) {
+  const { set, column } = findColumn(payload.id);
+  if (!set) return;
+  column.finishWith(payload.id, payload);
+  if (active === set && !set.streaming) active = null;
+  if (sets[current] === set) renderCurrent();
 }
 
 const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
 
 function onError({ id, code, message }) {
-  const mine = active && active.id === id;
   const text = ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message;
   statusBar.message(text);
-  if (mine) {
-    stopStreaming(active.set);
-    active = null;
+  const { set, column } = findColumn(id);
+  if (!set || column.requestId !== id || !column.streaming) return;
+  column.streaming = false;
+  if (active === set && !set.streaming) active = null;
+  if (sets[current] === set) {
+    renderCurrent();
     if (popup.isOpen) popup.showError(text);
   }
 }
@@ -183,7 +201,7 @@ function onError({ id, code, message }) {
 // ---- the popup -----------------------------------------------------------------------
 
 function openPopup() {
-  popup.render(sets[current], current, sets.length);
+  renderCurrent();
   const wrap = $("editorWrap");
   popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
   editor.textarea.setAttribute("aria-expanded", "true");
@@ -201,16 +219,16 @@ function closePopup() {
 function showSet(index) {
   if (index < 0 || index >= sets.length) return;
   current = index;
-  popup.render(sets[current], current, sets.length);
+  renderCurrent();
 }
 
 function accept(i) {
-  const text = sets[current]?.options[i];
+  const chosen = sets[current]?.option(i);
   closePopup();
-  if (text) {
+  if (chosen?.text) {
     const start = editor.textarea.selectionStart;
-    editor.insertAtCaret(text); // its input event has moved the spans; now this text is the model's
-    provenance.markModel(start, start + text.length, modelName);
+    editor.insertAtCaret(chosen.text); // its input event has moved the spans; now this text is the model's
+    provenance.markModel(start, start + chosen.text.length, chosen.column.model);
   }
   saveDocument();
 }
@@ -282,16 +300,19 @@ function schedulePrime() {
 
 // ---- the learning lens: scores, the surprise view, the next-token chart -------------------
 
+// The document's perplexity under the chosen model (asked again when the text or the model changes).
 function requestScore() {
   const whole = editor.tail(editor.text);
-  if (whole === lastScored) return;
-  lastScored = whole;
+  const model = settings.values().model || defaultModel;
+  const key = JSON.stringify([whole, model]);
+  if (key === lastScored) return;
+  lastScored = key;
   if (!whole.trim()) {
     statusBar.perplexity(null);
     return;
   }
-  scoring = { id: connection.nextId(), text: whole, offset: editor.text.length - whole.length };
-  connection.send("score", { id: scoring.id, text: whole });
+  scoring = { id: connection.nextId(), text: whole, offset: editor.text.length - whole.length, model };
+  connection.send("score", { id: scoring.id, text: whole, model });
 }
 
 function onScore(result) {
@@ -303,7 +324,8 @@ function onScore(result) {
 
 function showSurprise() {
   const whole = editor.tail(editor.text);
-  if (scored && scored.text === whole && scored.offset === editor.text.length - whole.length) {
+  const model = settings.values().model || defaultModel;
+  if (scored && scored.text === whole && scored.offset === editor.text.length - whole.length && scored.model === model) {
     lens.showSurprise(editor.text, scored.offset, scored.result);
   } else {
     lens.waiting(editor.text);
@@ -370,7 +392,7 @@ for (const button of document.querySelectorAll(SELECTORS.exportButtons)) {
     const kind = button.dataset.export;
     provenance.update(editor.text);
     const { body, type } = exportDocument(
-      { text: editor.text, spans: provenance.spans, model: modelName, settings: settings.values() }, kind);
+      { text: editor.text, spans: provenance.spans, model: settings.values().model || defaultModel, settings: settings.values() }, kind);
     const link = document.createElement("a");
     link.href = URL.createObjectURL(new Blob([body], { type }));
     link.download = `tabwrite-document.${kind}`;

@@ -14,6 +14,17 @@ export function describeMode(settings) {
   return `sampled · T ${settings.temperature} · top-k ${settings.top_k} · top-p ${settings.top_p}${seed}`;
 }
 
+// A compare column's head: the model, its size, and how soon its first words came.
+function describeColumn(column, parameters) {
+  const size = parameters ? ` · ${formatSize(parameters)} parameters` : "";
+  const first = column.firstMs === null ? "" : ` · first words in ${Math.round(column.firstMs)} ms`;
+  return `${column.model}${size}${first}`;
+}
+
+export function formatSize(parameters) {
+  return parameters >= 1e9 ? `${(parameters / 1e9).toFixed(1)}B` : `${Math.round(parameters / 1e6)}M`;
+}
+
 export class SuggestionsPopup {
   constructor(elements, callbacks) {
     this.el = elements.popup;
@@ -51,17 +62,44 @@ export class SuggestionsPopup {
     this.hideError();
   }
 
-  // Draw every option of `set` (the set being shown is number `index` of `total`).
-  render(set, index, total) {
+  // Draw every option of `set` (the set being shown is number `index` of `total`), one column per model.
+  render(set, index, total, sizes = {}) {
     this.list.replaceChildren();
-    this.items = set.options.map((text, i) => this.createItem(i));
-    this.list.append(...this.items);
-    set.options.forEach((text, i) => this.updateOption(i, text, set.finish?.[i], set.streaming, set.likelihood?.[i]));
+    this.items = [];
+    this.el.classList.toggle("compare", set.columns.length > 1);
+    for (const column of set.columns) {
+      const group = document.createElement("div");
+      group.className = "column";
+      group.setAttribute("role", "group");
+      if (set.columns.length > 1) {
+        const head = document.createElement("div");
+        head.className = "column-head";
+        head.textContent = describeColumn(column, sizes[column.model]);
+        group.setAttribute("aria-label", column.model);
+        group.append(head);
+      }
+      column.options.forEach(() => {
+        const item = this.createItem(this.items.length);
+        this.items.push(item);
+        group.append(item);
+      });
+      this.list.append(group);
+    }
+    set.columns.forEach((column) => this.updateColumn(set, column, sizes));
     const which = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
-    this.label.textContent = `${which} · ${describeMode(set.settings)}`;
+    this.label.textContent = `${which} · ${describeMode(set.columns[0].settings)}`;
     this.prev.hidden = index <= 0;
     this.next.hidden = index >= total - 1;
     this.select(Math.min(this.selectedIndex, this.items.length - 1));
+  }
+
+  // Show a column's latest text, notes and figures.
+  updateColumn(set, column, sizes = {}) {
+    const first = set.firstIndexOf(column);
+    column.options.forEach((text, k) => this.updateOption(first + k, text, column.finish?.[k], column.streaming,
+      column.likelihood?.[k]));
+    const head = this.items[first]?.parentElement.querySelector(".column-head");
+    if (head) head.textContent = describeColumn(column, sizes[column.model]);
   }
 
   createItem(i) {

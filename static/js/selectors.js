@@ -22,6 +22,7 @@ export const SELECTORS = {
   statusWarning: "#status .status-warning",
   statusMessage: "#status .status-message",
   presets: "#settings [data-preset]",
+  compareModel: "#compare-model",
   presetNote: "#settings .preset-note",
   lens: "#lens",
   lensTitle: "#lens .lens-title",

@@ -1,7 +1,16 @@
 // The settings panel: sampling settings with their ranges, remembered in the browser.
+import { formatSize } from "./popup.js";
 import { storage } from "./storage.js";
 
 const NUMBERS = ["n", "temperature", "top_k", "top_p", "length", "beams", "no_repeat_ngram"];
+
+function modelOption(model) {
+  const size = model.parameters ? ` · ${formatSize(model.parameters)} parameters` : "";
+  const state = model.error ? " (not available)" : model.ready ? "" : " (loading…)";
+  const option = new Option(`${model.model}${size}${state}`, model.model);
+  option.disabled = !model.ready;
+  return option;
+}
 
 export class SettingsPanel {
   constructor(elements) {
@@ -9,6 +18,7 @@ export class SettingsPanel {
     this.inputs = [...elements.inputs];
     this.toggle = elements.toggle;
     this.presetNote = elements.presetNote;
+    this.compare = elements.compare;
     this.onChange = elements.onChange ?? (() => {});
     this.locked = new Set();
     const saved = storage.loadSettings();
@@ -50,6 +60,20 @@ export class SettingsPanel {
       this.show(input);
     }
     this.changed(this.inputs[0]);
+  }
+
+  // The served models, for the model and compare choices (one still loading cannot be chosen yet).
+  showModels(models) {
+    const select = this.inputs.find((input) => input.name === "model");
+    const wanted = select.value || storage.loadSettings().model;
+    select.replaceChildren(...models.map((model) => modelOption(model)));
+    const usable = models.filter((model) => model.ready).map((model) => model.model);
+    select.value = usable.includes(wanted) ? wanted : usable[0] ?? models[0]?.model ?? "";
+    const compare = this.compare;
+    const other = compare.value;
+    compare.replaceChildren(new Option("off: one model", ""), ...models.map((model) => modelOption(model)));
+    compare.value = usable.includes(other) ? other : "";
+    compare.closest(".setting").hidden = models.length < 2;
   }
 
   // Settings the chosen decoding mode does not use are dimmed (greedy and beam search ignore temperature…).

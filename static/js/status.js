@@ -1,3 +1,5 @@
+import { formatSize } from "./popup.js";
+
 // The status bar: connection, model, device, loading state, and the last time to first option.
 export class StatusBar {
   constructor(elements) {
@@ -11,7 +13,14 @@ export class StatusBar {
 
   model(status) {
     this.el.root.dataset.ready = String(Boolean(status.ready));
-    if (status.model) this.el.model.textContent = status.model;
+    const models = status.models ?? [];
+    if (models.length > 1) {
+      // every served model, the default first: "GPT is a family"
+      this.el.model.textContent = models.map((m) => `${m.model}${m.parameters ? ` (${formatSize(m.parameters)})` : ""}`
+        + (m.error ? " (not available)" : m.ready ? "" : " (loading…)")).join(" · ");
+    } else if (status.model) {
+      this.el.model.textContent = status.model;
+    }
     this.el.device.textContent = `${status.device} · ${status.dtype}`;
     this.el.loading.hidden = Boolean(status.ready) || Boolean(status.error);
     this.warning(status.error || status.warning || "");

@@ -1,0 +1,75 @@
+// Option sets: what one Tab (and the Tabs after it) produced, in one column per model (two in compare mode).
+
+// One model's options in a set. It keeps every request id that wrote into it (a suggest, then
+// its extends), so that late deltas still land.
+export class Column {
+  constructor(id, model, settings, count) {
+    this.ids = new Set([id]);
+    this.requestId = id;
+    this.model = model;
+    this.settings = settings;
+    this.options = Array(count).fill("");
+    this.finish = null;
+    this.likelihood = null;
+    this.streaming = true;
+    this.sentAt = performance.now();
+    this.firstMs = null; // Tab to first words, for this request
+  }
+
+  // A new request (an extend) writes on into this column.
+  continueWith(id) {
+    this.ids.add(id);
+    this.requestId = id;
+    this.streaming = true;
+    this.sentAt = performance.now();
+    this.firstMs = null;
+  }
+
+  addDeltas(deltas) {
+    deltas.forEach((text, i) => { if (i < this.options.length) this.options[i] += text; });
+    if (this.firstMs === null && deltas.some(Boolean)) this.firstMs = performance.now() - this.sentAt;
+  }
+
+  // `done` of request `id`: the server's text is the truth; the latest request also says why and how likely.
+  finishWith(id, { options, finish, likelihood, stats }) {
+    if (options.length === this.options.length) this.options = [...options];
+    if (id !== this.requestId) return;
+    this.streaming = false;
+    this.finish = finish;
+    this.likelihood = likelihood;
+    if (stats?.settings) this.settings = stats.settings; // what really wrote them (the teacher may lock some)
+  }
+}
+
+export class OptionSet {
+  constructor(columns) {
+    this.columns = columns;
+  }
+
+  get streaming() {
+    return this.columns.some((column) => column.streaming);
+  }
+
+  columnOf(id) {
+    return this.columns.find((column) => column.ids.has(id));
+  }
+
+  // Options are numbered across the columns, left to right, for the keyboard and the listbox.
+  option(index) {
+    let at = index;
+    for (const column of this.columns) {
+      if (at < column.options.length) return { column, text: column.options[at] };
+      at -= column.options.length;
+    }
+    return null;
+  }
+
+  firstIndexOf(column) {
+    let index = 0;
+    for (const other of this.columns) {
+      if (other === column) return index;
+      index += other.options.length;
+    }
+    return -1;
+  }
+}
