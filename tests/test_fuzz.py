@@ -20,8 +20,10 @@ json_values = st.recursive(
     max_leaves=12,
 )
 setting_values = st.dictionaries(
-    st.sampled_from(["n", "temperature", "top_k", "top_p", "length", "max_time", "stop_at", "seed", "bogus"]),
-    json_values | st.integers(-5, 70) | st.floats(-1, 3) | st.sampled_from(["sentence", "length", "word"]),
+    st.sampled_from(["n", "temperature", "top_k", "top_p", "length", "max_time", "stop_at", "seed", "mode", "beams",
+                     "no_repeat_ngram", "model", "bogus"]),
+    json_values | st.integers(-5, 70) | st.floats(-1, 3)
+    | st.sampled_from(["sentence", "length", "word", "beam", "greedy", "sample", "tiny-gpt2"]),
     max_size=5,
 )
 ids = st.text(max_size=70) | st.integers(-10, 10**20) | json_values
