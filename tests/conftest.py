@@ -214,6 +214,17 @@ def embedded_server(embedded):
     server.stop()
 
 
+@pytest.fixture
+def page(browser, embedded_server):
+    """The editor on the shared embedded server in a fresh browser context; it must end without page errors."""
+    from browsing import open_page
+
+    page = open_page(browser, embedded_server.url)
+    yield page
+    assert page.errors == []
+    page.context.close()
+
+
 @pytest.fixture(scope="module")
 def browser():
     """One headless Debian Chromium per browser test module (see browsing.py)."""

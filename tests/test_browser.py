@@ -1,20 +1,12 @@
 """The editor in Debian's Chromium, driven by Playwright, against a real server and model."""
 import pytest
 
-from browsing import TIMEOUT_MS, open_page, option_texts, options, set_settings, wait_until_done, write
+from browsing import TIMEOUT_MS, option_texts, options, set_settings, wait_until_done, write
 from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 GREEDY = {"temperature": "0", "stop_at": "length", "length": "12"}
-
-
-@pytest.fixture
-def page(browser, embedded_server):
-    page = open_page(browser, embedded_server.url)
-    yield page
-    assert page.errors == []
-    page.context.close()
 
 
 def test_tab_streams_options_longer_on_tab_and_enter_accepts(page):

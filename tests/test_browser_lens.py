@@ -11,14 +11,6 @@ pytestmark = pytest.mark.browser
 GREEDY = {"temperature": "0", "stop_at": "length", "length": "6"}
 
 
-@pytest.fixture
-def page(browser, embedded_server):
-    page = open_page(browser, embedded_server.url)
-    yield page
-    assert page.errors == []
-    page.context.close()
-
-
 def sent(page, event):
     """Payloads of one client event the page sent over the websocket (requests carry settings, answers do not)."""
     prefix = f'42["{event}",'
