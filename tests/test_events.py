@@ -355,3 +355,16 @@ def test_done_says_how_likely_each_option_is_and_which_settings_wrote_it(embedde
     client.emit("extend", {"id": "b2", "parent": "b", "settings": {"length": 4}})
     [longer] = payloads(wait_for(client, "b2"), "done", "b2")
     assert all(new.startswith(old) and new != old for old, new in zip(done["options"], longer["options"]))
+
+
+def test_a_seed_locked_by_the_teacher_gives_the_whole_class_the_same_options(embedded_app):
+    embedded_app.extensions["tabwrite.classroom"].set_policy({"defaults": {"seed": 11}, "locked": ["seed"]})
+    sampled = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "length": 8, "stop_at": "length", "n": 2}
+    answers = []
+    for own_seed in (1, 2):
+        client = connect(embedded_app)
+        client.emit("suggest", {"id": "s", "text": "My favourite animal is",
+                                "settings": {**sampled, "seed": own_seed}})
+        answers.append(payloads(wait_for(client, "s"), "done", "s")[0])
+    assert answers[0]["options"] == answers[1]["options"]
+    assert answers[0]["stats"]["settings"]["seed"] == 11

@@ -26,7 +26,10 @@ const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
   toggle: $("settingsToggle"), reset: $("settingsReset"),
   presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"), compare: $("compareModel"),
-  onChange: () => requestDistribution(),
+  onChange: () => { // the chart follows every slider; the perplexity follows the chosen model
+    requestDistribution();
+    if (connection?.socket.connected) requestScore();
+  },
 });
 const lens = new Lens(
   { lens: $("lens"), title: $("lensTitle"), legend: $("lensLegend"), text: $("lensText"), tip: $("lensTip"),
