@@ -24,8 +24,8 @@ WAIT = 120  # seconds a test waits for a reply before it fails
 
 @pytest.fixture(scope="session")
 def embedded():
-    """The real embedded model (SmolLM2-135M), loaded once per test session."""
-    return load_model(resolve_model("embedded"), device="cpu", cache_root=cache_dir({}))
+    """The real embedded model (SmolLM2-135M) in float32 (exact: tests compare texts), loaded once per session."""
+    return load_model(resolve_model("embedded"), device="cpu", dtype="float32", cache_root=cache_dir({}))
 
 
 def build_tiny_gpt2(tokenizer, n_positions=256, seed=0, **sizes):
@@ -178,7 +178,9 @@ class RunningServer:
         self.log = ARTIFACTS / f"server-{self.port}.log"
         ARTIFACTS.mkdir(exist_ok=True)
         self.database = database or Path(tempfile.mkdtemp(prefix="tabwrite-server-")) / "tabwrite.sqlite3"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TABWRITE_DATABASE": str(self.database), **(extra_env or {})}
+        # float32 whatever the CPU: tests compare texts, and bfloat16 rounds differently in a batch than alone
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TABWRITE_DATABASE": str(self.database),
+               "TABWRITE_DTYPE": "float32", **(extra_env or {})}
         with self.log.open("a") as log:  # the child keeps its own copy of the file handle
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "webapp", "--model", str(model), "--port", str(self.port), *args],

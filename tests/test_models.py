@@ -4,6 +4,7 @@ import torch
 
 from conftest import build_tiny_gpt2
 from webapp import models
+from webapp.formats import conv1d_to_linear, pick_format
 from webapp.models import ModelError, load_model, pick_device, pick_dtype, resolve_model
 
 
@@ -39,7 +40,7 @@ def test_a_saved_directory_loads(tmp_path, embedded):
     embedded.tokenizer.save_pretrained(tmp_path)
     spec = resolve_model(str(tmp_path))
     assert spec.source == "local"
-    loaded = load_model(spec, device="cpu", max_context=4096)
+    loaded = load_model(spec, device="cpu", dtype="float32", max_context=4096)
     assert loaded.device == "cpu" and loaded.dtype == "float32"
     assert loaded.max_context == 256  # capped at the model's own window
     assert loaded.eos_ids >= {embedded.tokenizer.eos_token_id}
@@ -62,10 +63,15 @@ def test_embedded_model_is_converted_once_and_cached(embedded, tmp_path):
 
 def test_devices_and_dtypes():
     assert pick_device("auto") in ("cpu", "cuda", "mps")
-    assert pick_dtype("auto", "cpu") == torch.float32
-    assert pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert pick_format("auto", "cpu", flags={"avx2", "avx512f"}) == "float32"
+    assert pick_format("auto", "cpu", flags={"avx512f", "amx_bf16"}) == "bfloat16"
+    assert pick_format("auto", "cpu", flags={"avx512_bf16"}) == "bfloat16"
+    assert pick_dtype("auto", "cpu") in ("float32", "bfloat16")
+    assert pick_dtype("bfloat16", "cpu") == "bfloat16" and pick_dtype("int8", "cpu") == "int8"
     with pytest.raises(ModelError, match="--dtype"):
         pick_dtype("int3", "cpu")
+    with pytest.raises(ModelError, match="CPU only"):
+        pick_dtype("int8", "cuda")
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA GPU"):
             pick_device("cuda")
@@ -81,6 +87,35 @@ def test_a_model_in_the_hub_cache_loads_offline(offline, tmp_path, embedded):
     (repo / "refs" / "main").write_text("0123abcd")
     spec = resolve_model("classroom/tiny-gpt2")
     assert spec.source == "hub" and spec.offline
-    loaded = load_model(spec, device="cpu")
+    loaded = load_model(spec, device="cpu", dtype="float32")
     assert loaded.name == "classroom/tiny-gpt2"
     assert loaded.model.config.n_layer == 2
+
+
+def test_gpt2_conv1d_layers_become_linear_layers_that_compute_the_same(embedded):
+    model = build_tiny_gpt2(embedded.tokenizer)
+    ids = torch.tensor([[5, 17, 300, 4000, 12]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        conv1d_to_linear(model)
+        after = model(input_ids=ids).logits
+    kinds = {type(module).__name__ for module in model.modules()}
+    assert "Conv1D" not in kinds and "Linear" in kinds
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_format", ["bfloat16", "int8"])
+def test_a_gpt2_folder_loads_in_each_cpu_format_and_stays_close_to_float32(tmp_path, embedded, weight_format):
+    folder = tmp_path / "gpt2"
+    build_tiny_gpt2(embedded.tokenizer, n_embd=128).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    spec = resolve_model(str(folder))
+    exact = load_model(spec, device="cpu", dtype="float32")
+    packed = load_model(spec, device="cpu", dtype=weight_format)
+    assert packed.dtype == weight_format and packed.parameters == exact.parameters
+    ids = torch.tensor([list(range(100, 140))])
+    with torch.inference_mode():
+        reference = torch.softmax(exact.model(input_ids=ids).logits.float(), dim=-1)
+        approximate = torch.softmax(packed.model(input_ids=ids).logits.float(), dim=-1)
+    assert (reference - approximate).abs().max() < 0.05, "the same model, a little less exact"
+    assert not any(type(m).__name__ == "Conv1D" for m in packed.model.modules())

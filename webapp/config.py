@@ -25,7 +25,9 @@ SETTINGS = (
             "Memory the served models' weights may take together; a model that does not fit is not loaded "
             "(0: no limit)."),
     Setting("DEVICE", "auto", "auto (GPU when available), cpu, cuda, cuda:N or mps."),
-    Setting("DTYPE", "auto", "auto (float32 on CPU, float16 on GPU), float32, float16 or bfloat16."),
+    Setting("DTYPE", "auto",
+            "auto (bfloat16 on GPUs and on CPUs with AMX/AVX-512-BF16, else float32), float32, bfloat16, float16, "
+            "or int8 (CPU only)."),
     Setting("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 serves the whole network."),
     Setting("PORT", 5000, "Port to listen on."),
     Setting("ASYNC_MODE", "eventlet", "Flask-SocketIO async mode: eventlet (served) or threading (tests)."),

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .formats import apply_format, pick_format, torch_dtype
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HUB_MODEL = "gpt2-large"
@@ -181,17 +183,11 @@ def pick_device(requested):
 
 
 def pick_dtype(requested, device):
-    """Resolve `--dtype auto`: float32 on CPU (exact, and fast enough there), half precision on GPUs."""
-    import torch
-
-    if requested == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device == "mps" else torch.float32
-    choices = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if requested not in choices:
-        raise ModelError(f"--dtype must be auto or one of {', '.join(choices)}")
-    return choices[requested]
+    """Resolve `--dtype` to a weight format (see formats.py): auto picks per device and CPU."""
+    try:
+        return pick_format(requested, device)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
 
 
 def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=None):
@@ -199,26 +195,29 @@ def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=N
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
+    weight_format = pick_dtype(dtype, device)
     location = spec.location
     if spec.source == EMBEDDED:
         location = str(ensure_embedded(cache_root or Path.home() / ".cache" / "tabwrite"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=spec.offline)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=spec.offline)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(weight_format),
+                                                     local_files_only=spec.offline)
     except (OSError, ValueError) as error:
         raise ModelError(f"could not load model {spec.name!r} from {location}: {error}") from error
     model.to(device).eval()
+    parameters = count_parameters(model)  # before int8 packs the linear layers' weights away
+    apply_format(model, weight_format, device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         name=spec.name,
         device=device,
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=weight_format,
         max_context=min(max_context, _model_window(model)),
         eos_ids=_eos_ids(model, tokenizer),
         warning=spec.warning,
-        parameters=count_parameters(model),
+        parameters=parameters,
     )
 
 
@@ -236,7 +235,7 @@ def count_parameters(model):
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def estimate_weight_bytes(spec, dtype="auto", cache_root=None):
+def estimate_weight_bytes(spec, dtype="float32", cache_root=None):
     """Memory the weights of `spec` will take in `dtype`, from its configuration alone (built on the meta device)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -247,8 +246,9 @@ def estimate_weight_bytes(spec, dtype="auto", cache_root=None):
     config = AutoConfig.from_pretrained(location, local_files_only=spec.offline)
     with torch.device("meta"):  # shapes only: no memory, no random initialisation
         skeleton = AutoModelForCausalLM.from_config(config)
-    torch_dtype = pick_dtype(dtype, "cpu") if dtype == "auto" else getattr(torch, dtype)
-    return count_parameters(skeleton) * torch.empty((), dtype=torch_dtype).element_size()
+    # int8 counts as float32: its embeddings stay float32, so this is an upper bound
+    element = torch.empty((), dtype=torch_dtype(pick_dtype(dtype, "cpu"))).element_size()
+    return count_parameters(skeleton) * element
 
 
 def _model_window(model):

@@ -1,0 +1,101 @@
+"""Weight formats: which one a machine should use, and turning a loaded model into it.
+
+On a CPU the choice decides the speed: float32 is exact; bfloat16 halves the bytes read
+per step and runs on AMX/AVX-512-BF16 units where the CPU has them; int8 (dynamic
+quantization of the linear layers: int8 weights, activations quantized per batch) reads a
+quarter of the bytes and uses VNNI integer units. GPT-2 keeps its weights in `Conv1D`
+modules, which neither bfloat16 kernels nor the quantizer treat as linear layers, so they
+become `nn.Linear` first. `bench/formats.py` measures speed and perplexity of each.
+"""
+import warnings
+from pathlib import Path
+
+FORMATS = ("float32", "bfloat16", "float16", "int8")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with fast bfloat16 matrix units
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def pick_format(requested, device, flags=None):
+    """Resolve `--dtype auto` for `device`; check an explicit choice. Returns a name from FORMATS."""
+    if requested == "auto":
+        if device.startswith("cuda"):
+            import torch
+
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if device == "mps":
+            return "float16"
+        flags = cpu_flags() if flags is None else flags
+        return "bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
+    if requested not in FORMATS:
+        raise ValueError(f"--dtype must be auto or one of {', '.join(FORMATS)}")
+    if requested == "int8" and device != "cpu":
+        raise ValueError("--dtype int8 (dynamic quantization) runs on the CPU only; on a GPU use bfloat16 or float16")
+    return requested
+
+
+def torch_dtype(name):
+    """The dtype weights are loaded in for format `name` (int8 loads float32, then quantizes)."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+            "int8": torch.float32}[name]
+
+
+def apply_format(model, name, device):
+    """Make a loaded model run in format `name`: Conv1D as Linear on the CPU, then int8 where asked."""
+    if device == "cpu" and name != "float32":
+        conv1d_to_linear(model)
+    if name == "int8":
+        quantize_int8(model)
+    return model
+
+
+def conv1d_to_linear(model):
+    """Replace every GPT-2 `Conv1D` (weight stored [in, out]) by the equivalent `nn.Linear` ([out, in]); in place."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                inputs, outputs = child.weight.shape
+                linear = torch.nn.Linear(inputs, outputs, device=child.weight.device, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
+    return model
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the linear layers that tolerate it; in place. Returns the names quantized.
+
+    Two kinds stay float32: the output layer (every logit, so every probability, goes through
+    it) and the MLPs' down-projections (more inputs than outputs), whose inputs carry the
+    large outlier activations that per-tensor int8 flattens. With them quantized too, the
+    embedded model's perplexity tripled; without, it rises by a few per cent.
+    """
+    import torch
+
+    output = model.get_output_embeddings()
+    chosen = {name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and module is not output
+              and module.in_features <= module.out_features}
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; its fbgemm/oneDNN kernels are what runs fast today
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, chosen, dtype=torch.qint8, inplace=True)
+    return chosen
