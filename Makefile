@@ -18,8 +18,9 @@ run: $(VENV)/.app-installed node_modules/.package-lock.json
 test: $(VENV)/.test-installed node_modules/.package-lock.json browser-deps
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(VENV)/.app-installed node_modules/.package-lock.json
-	$(BIN)/python bench/first_option.py $(ARGS)
+# The whole speed story against a real server (bench/suite.py); results in bench/results/.
+bench: $(VENV)/.bench-installed node_modules/.package-lock.json
+	$(BIN)/python bench/suite.py $(ARGS)
 
 # A simulated class (30 students by default) against a real server; see bench/load.py.
 load: $(VENV)/.test-installed node_modules/.package-lock.json
@@ -37,6 +38,10 @@ $(VENV)/.app-installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.test-installed: $(VENV)/.app-installed
 	$(PIP) install -c constraints.txt -e '.[test]'
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(PIP) install -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 node_modules/.package-lock.json: package.json package-lock.json
