@@ -235,7 +235,8 @@ def plot(r, out):
     tokens = [d["tokens"] for d in r["documents"]]
     for label, key in (("TabWrite, cold", "cold"), ("TabWrite, primed", "primed"), ("generate()", "baseline")):
         axis.plot(tokens, [d[key]["first_delta_ms"]["p50"] for d in r["documents"]], marker="o", label=label)
-    axis.set(xlabel="document (tokens)", ylabel="Tab → first text, p50 (ms)", title=f"{r['model'].split(' (')[0]} ({r['format']})")
+    title = f"{r['model'].split(' (')[0]} ({r['format']})"
+    axis.set(xlabel="document (tokens)", ylabel="Tab → first text, p50 (ms)", title=title)
     axis.legend()
     figure.tight_layout()
     figure.savefig(out / "first-text.png", dpi=120)
