@@ -414,3 +414,17 @@ def test_next_token_distribution_is_the_models_and_reuses_the_prefix(engine, emb
     assert all(t["kept"] for t in narrow["tokens"][:3])
     greedy = engine.distribution(logits, SamplingSettings(mode="greedy"))
     assert greedy["candidates"] == 1 and greedy["tokens"][0]["shaped"] == 1.0
+
+
+def test_decoding_steps_write_into_the_caches_spare_room(engine):
+    generation, _ = engine.start("The weather today is", dataclasses.replace(GREEDY, n=2, length=6))
+    engine.step(generation)  # the first step moves the shared prompt into buffers with room to spare
+    layer = generation.cache.layers[0]
+    buffer = layer.buffers[0]
+    length = layer.keys.shape[-2]
+    engine.step(generation)
+    assert layer.buffers[0] is buffer and layer.keys.data_ptr() == buffer.data_ptr(), "written in place"
+    assert layer.keys.shape[-2] == length + 1 and buffer.shape[-2] > length + 1
+    reference, _ = run(engine, "The weather today is", dataclasses.replace(GREEDY, n=2, length=6))
+    finish_step(engine, generation)
+    assert generation.texts() == reference.texts()
