@@ -428,3 +428,19 @@ def test_decoding_steps_write_into_the_caches_spare_room(engine):
     reference, _ = run(engine, "The weather today is", dataclasses.replace(GREEDY, n=2, length=6))
     finish_step(engine, generation)
     assert generation.texts() == reference.texts()
+
+
+def test_the_same_generations_step_on_in_one_stack_and_a_newcomer_restacks(engine):
+    texts = ["The weather today is", "In 1969 the first people walked on the", "Dear diary,"]
+    settings = dataclasses.replace(GREEDY, n=2, length=10)
+    alone = [[o.tokens for o in run(engine, text, settings)[0].options] for text in texts]
+    first, second, late = (engine.start(text, settings)[0] for text in texts)
+    engine.step_many([first, second])
+    stack = engine._stack.cache
+    engine.step_many([first, second])
+    assert engine._stack.cache is stack, "no copy: the step wrote into the stack's spare room"
+    engine.step_many([first, second, late])  # someone new joins: everyone is stacked again
+    assert engine._stack.cache is not stack
+    while not (first.finished and second.finished and late.finished):
+        engine.step_many([g for g in (first, second, late) if not g.finished])
+    assert [[o.tokens for o in g.options] for g in (first, second, late)] == alone

@@ -130,6 +130,7 @@ class Engine:
         start = self.tokenizer.get_vocab().get("<|endoftext|>", self.tokenizer.bos_token_id)
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
+        self._stack = None  # the last batched step's stacked cache, reused while the same generations step on
 
     # ---- the narrow interface -------------------------------------------------------
 
@@ -194,18 +195,24 @@ class Engine:
         mask = torch.cat([torch.nn.functional.pad(g.mask, (longest - n, 0)) for g, n in zip(generations, lengths)])
         mask = torch.cat([mask, torch.cat(lives).long()[:, None]], dim=1)
         positions = torch.cat([g.positions for g in generations])
-        merged = _merge_caches([g.cache for g in generations], [longest - n for n in lengths])
+        # the same generations as last step, their caches untouched: the stack already holds them all
+        merged = self._stack.cache if self._stack and self._stack.holds(generations) else \
+            _merge_caches([g.cache for g in generations], [longest - n for n in lengths])
+        self._stack = None
         out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=merged,
                          use_cache=True)
-        deltas, row = [], 0
+        deltas, row, cuts = [], 0, []
         for generation, length, live in zip(generations, lengths, lives):
             rows = slice(row, row + len(generation.options))
             row = rows.stop
             self._advance(generation, live)
             deltas.append(self._sample(generation, out.logits[rows, -1, :]))
-            # a generation that goes on keeps views into the stack (the next step stacks them again);
+            # a generation that goes on keeps views into the stack (the next step writes on in it);
             # one that ended gets its own compact copy, to be kept for extend or dropped
             generation.cache = _cut_cache(out.cache, rows, longest - length, compact=generation.finished)
+            cuts.append(generation.cache)
+        if not any(generation.finished for generation in generations):
+            self._stack = _Stack(out.cache, list(generations), cuts)
         return deltas
 
     def _live(self, generation):
@@ -551,6 +558,22 @@ def _shallow_copy(cache):
     return twin
 
 
+@dataclass
+class _Stack:
+    """Several generations' caches stacked in one batch (with spare room), and the views each generation was given."""
+
+    cache: object
+    members: list
+    cuts: list
+
+    def holds(self, generations):
+        """True when exactly these generations step again, in this order, each with the views it was given."""
+        storage = self.cache.layers[0].keys.untyped_storage().data_ptr()
+        return (len(generations) == len(self.members)
+                and all(g is member and g.cache is cut and cut.layers[0].keys.untyped_storage().data_ptr() == storage
+                        for g, member, cut in zip(generations, self.members, self.cuts)))
+
+
 def _merge_caches(caches, pads):
     """Caches to be stacked along the batch, each left-padded by its entry in `pads` (the mask hides the padding).
 
@@ -648,8 +671,12 @@ def _own(tensor):
     return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
 
 
-class _StackingLayer(DynamicLayer):
-    """One layer of several generations' caches, stacked (left-padded) when the forward pass appends to it."""
+class _StackingLayer(_GrowingLayer):
+    """One layer of several generations' caches, stacked (left-padded) when the forward pass appends to it.
+
+    The stack keeps spare room: while the same generations go on stepping together, later
+    steps write into it in place (as _GrowingLayer does) instead of stacking again.
+    """
 
     def __init__(self, index, caches, pads):
         super().__init__()
@@ -658,15 +685,18 @@ class _StackingLayer(DynamicLayer):
         self.length = pads[0] + self.parts[0][0].shape[-2]  # the longest cache, which has no padding
         self.device = self.parts[0][0].device
         self.is_initialized = True
+        self.buffers = None
 
     def get_seq_length(self):
         return self.length if self.keys is None else self.keys.shape[-2]
 
     def update(self, key_states, value_states, *args, **kwargs):
         """Write every part and the new states into one buffer; padding is zeroed (0 weight × garbage is NaN)."""
+        if self.parts is None:  # stacked already: write on in the spare room
+            return super().update(key_states, value_states)
         batch, heads, new, width = key_states.shape
-        keys = key_states.new_empty((batch, heads, self.length + new, width))
-        values = value_states.new_empty((batch, heads, self.length + new, value_states.shape[-1]))
+        keys = key_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, width))
+        values = value_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, value_states.shape[-1]))
         row = 0
         for part_keys, part_values, pad in self.parts:
             rows = slice(row, row + part_keys.shape[0])
@@ -675,7 +705,9 @@ class _StackingLayer(DynamicLayer):
             values[rows, :, :pad].zero_()
             keys[rows, :, pad:self.length] = part_keys
             values[rows, :, pad:self.length] = part_values
-        keys[:, :, self.length:] = key_states
-        values[:, :, self.length:] = value_states
-        self.keys, self.values, self.parts = keys, values, None
-        return keys, values
+        end = self.length + new
+        keys[:, :, self.length:end] = key_states
+        values[:, :, self.length:end] = value_states
+        self.buffers = (keys, values)
+        self.keys, self.values, self.parts = keys[:, :, :end], values[:, :, :end], None
+        return self.keys, self.values
