@@ -85,8 +85,8 @@ def start_server(model, dtype):
     raise SystemExit("the server did not become ready")
 
 
-def measure_socket(url, texts, n, length, primed=False):
-    """One real Socket.IO client; returns per-trial timings."""
+def connect(url):
+    """A real Socket.IO client that records (time, event, payload) of all it receives, and a Condition to wait on."""
     client = socketio.Client()
     arrived = threading.Condition()
     events = []
@@ -98,6 +98,12 @@ def measure_socket(url, texts, n, length, primed=False):
 
     client.on("*", record)
     client.connect(url, transports=["websocket"])
+    return client, events, arrived
+
+
+def measure_socket(url, texts, n, length, primed=False):
+    """One real Socket.IO client; returns per-trial timings."""
+    client, events, arrived = connect(url)
     rows = []
     for i, text in enumerate(texts):
         events.clear()

@@ -18,11 +18,9 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
-import socketio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +51,7 @@ def p95(values):
 
 def measure_extend(url, texts):
     """Per document: suggest, wait for `done`, then extend; ms from extend to its first delta."""
-    client, events, arrived = connect(url)
+    client, events, arrived = single.connect(url)
     times = []
     for i, text in enumerate(texts):
         settings = {"n": N, "length": 8, "stop_at": "length", "seed": i}
@@ -68,21 +66,6 @@ def measure_extend(url, texts):
     return times
 
 
-def connect(url):
-    client = socketio.Client()
-    arrived = threading.Condition()
-    events = []
-
-    def record(event, data):
-        with arrived:
-            events.append((time.perf_counter(), event, data))
-            arrived.notify_all()
-
-    client.on("*", record)
-    client.connect(url, transports=["websocket"])
-    return client, events, arrived
-
-
 def wait(events, arrived, event, request_id, timeout=600):
     with arrived:
         arrived.wait_for(lambda: any(e == event and d.get("id") == request_id for _, e, d in events), timeout)
@@ -90,7 +73,7 @@ def wait(events, arrived, event, request_id, timeout=600):
 
 def measure_clients(url, texts):
     """Every client presses Tab at the same moment; per client the first-text and done times, and tokens/s."""
-    clients = [connect(url) for _ in texts]
+    clients = [single.connect(url) for _ in texts]
     start = time.perf_counter()
     for i, ((client, _, _), text) in enumerate(zip(clients, texts)):
         client.emit("suggest", {"id": f"c{i}", "text": text,
