@@ -147,7 +147,8 @@ def test_wrong_codes_are_refused_generically_then_throttled(tiny_model_dir):
 def test_thirty_students_at_once_each_get_only_their_own_text(embedded_server, embedded):
     texts = [f"Student number {i} wrote a story about the {animal}:" for i, animal in
              enumerate(["cat", "dog", "owl", "fox", "bee", "cow"] * 5)]
-    settings = {**GREEDY, "n": 1, "length": 6}
+    # the most writing time a step may take: on a busy machine thirty batched students write slowly
+    settings = {**GREEDY, "n": 1, "length": 6, "max_time": 30}
     expected_app = make_app(embedded)
     try:
         reference = connect(expected_app)
@@ -164,6 +165,7 @@ def test_thirty_students_at_once_each_get_only_their_own_text(embedded_server, e
             student.client.emit("suggest", {"id": f"s{i}", "text": text, "settings": settings})
         for i, student in enumerate(students):
             _, done = student.wait("done", f"s{i}")
+            assert done["finish"] == ["length"], f"student {i} was stopped early: {done['finish']}"
             assert done["options"] == expected[i], f"student {i} got someone else's text"
             ids = {data.get("id") for _, event, data in student.events if event in ("delta", "done", "error")}
             assert ids == {f"s{i}"}, f"student {i} saw other requests: {ids}"
