@@ -5,7 +5,6 @@ narrow interface: `start` (prefill and first token), `step` (one more token for
 every live option), `extend` (begin another step on a finished set) and `release`.
 Each call returns one text delta per option, so callers can stream them.
 """
-import copy
 import dataclasses
 import itertools
 import math
@@ -14,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
+from . import kvcache
 from .detokenizer import StreamingDetokenizer
 from .healing import TokenHealer
 from .protocol import BEAM
@@ -28,7 +27,6 @@ ROOM_STEPS = 8  # the prompt leaves room in the context window for this many len
 DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
 SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
 DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
-SPARE_POSITIONS = 64  # room a growing cache layer keeps for the next steps' keys and values
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Prefix:
 
     def cache_bytes(self):
         """Memory held by the kept keys and values."""
-        return _cache_bytes(self.cache)
+        return kvcache.cache_bytes(self.cache)
 
 
 @dataclass
@@ -98,20 +96,13 @@ class Generation:
 
     def cache_bytes(self):
         """Memory held by this generation's KV cache."""
-        return _cache_bytes(self.cache)
+        return kvcache.cache_bytes(self.cache)
 
 
 def _likelihood(mean_logprob):
     if mean_logprob is None:
         return {"logprob": None, "perplexity": None}
     return {"logprob": round(mean_logprob, 4), "perplexity": round(math.exp(-mean_logprob), 3)}
-
-
-def _cache_bytes(cache):
-    if cache is None:
-        return 0
-    return sum(t.numel() * t.element_size() for layer in cache.layers
-               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
 class Engine:
@@ -151,10 +142,10 @@ class Engine:
         # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last position only
         out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True, logits_to_keep=1)
         generation.prefix = Prefix(list(generation.prompt_ids), out.cache)
-        cache = _shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
+        cache = kvcache.shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
         # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
         cache.batch_repeat_interleave(settings.n)
-        generation.cache = _growing(cache)
+        generation.cache = kvcache.growing(cache)
         generation.mask = torch.ones((settings.n, prompt.shape[1]), dtype=torch.long, device=self.device)
         generation.positions = torch.full((settings.n,), prompt.shape[1], dtype=torch.long, device=self.device)
         logits = out.logits[:, -1, :].expand(settings.n, -1)
@@ -197,7 +188,7 @@ class Engine:
         positions = torch.cat([g.positions for g in generations])
         # the same generations as last step, their caches untouched: the stack already holds them all
         merged = self._stack.cache if self._stack and self._stack.holds(generations) else \
-            _merge_caches([g.cache for g in generations], [longest - n for n in lengths])
+            kvcache.merge_caches([g.cache for g in generations], [longest - n for n in lengths])
         self._stack = None
         out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=merged,
                          use_cache=True)
@@ -209,10 +200,10 @@ class Engine:
             deltas.append(self._sample(generation, out.logits[rows, -1, :]))
             # a generation that goes on keeps views into the stack (the next step writes on in it);
             # one that ended gets its own compact copy, to be kept for extend or dropped
-            generation.cache = _cut_cache(out.cache, rows, longest - length, compact=generation.finished)
+            generation.cache = kvcache.cut_cache(out.cache, rows, longest - length, separate=generation.finished)
             cuts.append(generation.cache)
         if not any(generation.finished for generation in generations):
-            self._stack = _Stack(out.cache, list(generations), cuts)
+            self._stack = kvcache.Stack(out.cache, list(generations), cuts)
         return deltas
 
     def _live(self, generation):
@@ -375,7 +366,7 @@ class Engine:
         for option in generation.options:
             if option.finish is None:
                 option.finish = "cancelled"
-        _compact(generation.cache)  # let go of the batch it was stacked in
+        kvcache.compact(generation.cache)  # let go of the batch it was stacked in
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""
@@ -537,7 +528,7 @@ class Engine:
             mask[i, width - len(row):] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        generation.cache = _growing(out.cache)
+        generation.cache = kvcache.growing(out.cache)
         generation.mask = mask
         generation.positions = mask.sum(dim=1)
 
@@ -551,163 +542,3 @@ def beam_arguments(settings, count, length):
             "no_repeat_ngram_size": settings.no_repeat_ngram, "do_sample": False, "early_stopping": True}
 
 
-def _shallow_copy(cache):
-    """A second Cache over the same tensors; its layers can be replaced without touching the first's."""
-    twin = copy.copy(cache)
-    twin.layers = [copy.copy(layer) for layer in cache.layers]
-    return twin
-
-
-@dataclass
-class _Stack:
-    """Several generations' caches stacked in one batch (with spare room), and the views each generation was given."""
-
-    cache: object
-    members: list
-    cuts: list
-
-    def holds(self, generations):
-        """True when exactly these generations step again, in this order, each with the views it was given."""
-        storage = self.cache.layers[0].keys.untyped_storage().data_ptr()
-        return (len(generations) == len(self.members)
-                and all(g is member and g.cache is cut and cut.layers[0].keys.untyped_storage().data_ptr() == storage
-                        for g, member, cut in zip(generations, self.members, self.cuts)))
-
-
-def _merge_caches(caches, pads):
-    """Caches to be stacked along the batch, each left-padded by its entry in `pads` (the mask hides the padding).
-
-    The stacking happens inside the forward pass, together with the new token's keys and
-    values, so that each step copies the caches once rather than twice.
-    """
-    merged = _shallow_copy(caches[0])
-    merged.layers = [_StackingLayer(index, caches, pads) for index in range(len(caches[0].layers))]
-    return merged
-
-
-def _cut_cache(merged, rows, pad, compact):
-    """One generation's cache back out of a stacked one: its rows without its left padding (views unless `compact`)."""
-    own = _shallow_copy(merged)
-    own.layers = []
-    for stacked in merged.layers:
-        layer = copy.copy(stacked.template)  # an ordinary layer of the model's own kind
-        layer.keys = stacked.keys[rows, :, pad:, :]
-        layer.values = stacked.values[rows, :, pad:, :]
-        own.layers.append(layer)
-    return _compact(own) if compact else own
-
-
-def _compact(cache):
-    """The cache with its own memory: views into a stacked batch or a growing buffer become copies."""
-    if cache is not None:
-        for layer in cache.layers:
-            if layer.keys is not None:
-                layer.keys, layer.values = _own(layer.keys), _own(layer.values)
-            if isinstance(layer, _GrowingLayer):
-                layer.buffers = None  # the spare room goes with it
-    return cache
-
-
-def _growing(cache):
-    """`cache` with layers that write each step's keys and values into spare room instead of copying them all."""
-    cache.layers = [_GrowingLayer.adopt(layer) for layer in cache.layers]
-    return cache
-
-
-class _GrowingLayer(DynamicLayer):
-    """A layer whose keys and values are the front of bigger buffers, so that a decoding step writes one position.
-
-    DynamicLayer concatenates: every step copies the whole cache of every layer (a fifth of
-    a step's time at 300 tokens). Here a step writes in place while there is room, and
-    moves to buffers SPARE_POSITIONS longer when there is not. A layer writes only into
-    buffers it allocated and whose front its keys still are (after crop, say), never into
-    tensors it was given.
-    """
-
-    @classmethod
-    def adopt(cls, layer):
-        """The same keys and values (no copy), in a layer that grows."""
-        grown = cls()
-        grown.__dict__.update(layer.__dict__)
-        grown.buffers = None
-        return grown
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.get_seq_length()
-        end = length + key_states.shape[-2]
-        if not self._has_room(key_states, length, end):
-            self.buffers = tuple(_room_for(states, current, length, end)
-                                 for states, current in ((key_states, self.keys), (value_states, self.values)))
-        keys, values = self.buffers
-        keys[:, :, length:end] = key_states
-        values[:, :, length:end] = value_states
-        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
-        return self.keys, self.values
-
-    def _has_room(self, key_states, length, end):
-        if self.buffers is None:
-            return False
-        keys = self.buffers[0]
-        return (keys.shape[-2] >= end and keys.shape[0] == key_states.shape[0] and length > 0
-                and self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
-                and self.values.data_ptr() == self.buffers[1].data_ptr())
-
-
-def _room_for(states, current, length, end):
-    """A new buffer [batch, heads, end + SPARE_POSITIONS, dim] holding the first `length` positions of `current`."""
-    batch, heads, _, width = states.shape
-    buffer = states.new_empty((batch, heads, end + SPARE_POSITIONS, width))
-    if length:
-        buffer[:, :, :length] = current
-    return buffer
-
-
-def _own(tensor):
-    """`tensor` in memory of its own: a view into a bigger one (even a contiguous view) is copied."""
-    if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
-        return tensor.contiguous()
-    return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
-
-
-class _StackingLayer(_GrowingLayer):
-    """One layer of several generations' caches, stacked (left-padded) when the forward pass appends to it.
-
-    The stack keeps spare room: while the same generations go on stepping together, later
-    steps write into it in place (as _GrowingLayer does) instead of stacking again.
-    """
-
-    def __init__(self, index, caches, pads):
-        super().__init__()
-        self.template = caches[0].layers[index]
-        self.parts = [(cache.layers[index].keys, cache.layers[index].values, pad) for cache, pad in zip(caches, pads)]
-        self.length = pads[0] + self.parts[0][0].shape[-2]  # the longest cache, which has no padding
-        self.device = self.parts[0][0].device
-        self.is_initialized = True
-        self.buffers = None
-
-    def get_seq_length(self):
-        return self.length if self.keys is None else self.keys.shape[-2]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        """Write every part and the new states into one buffer; padding is zeroed (0 weight × garbage is NaN)."""
-        if self.parts is None:  # stacked already: write on in the spare room
-            return super().update(key_states, value_states)
-        batch, heads, new, width = key_states.shape
-        keys = key_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, width))
-        values = value_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, value_states.shape[-1]))
-        row = 0
-        for part_keys, part_values, pad in self.parts:
-            rows = slice(row, row + part_keys.shape[0])
-            row = rows.stop
-            keys[rows, :, :pad].zero_()
-            values[rows, :, :pad].zero_()
-            keys[rows, :, pad:self.length] = part_keys
-            values[rows, :, pad:self.length] = part_values
-        end = self.length + new
-        keys[:, :, self.length:end] = key_states
-        values[:, :, self.length:end] = value_states
-        self.buffers = (keys, values)
-        self.keys, self.values, self.parts = keys[:, :, :end], values[:, :, :end], None
-        return self.keys, self.values
