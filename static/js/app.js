@@ -3,7 +3,8 @@ import { $, SELECTORS } from "./selectors.js";
 import { Connection } from "./connection.js";
 import { DistributionPanel } from "./distribution.js";
 import { Editor } from "./editor.js";
-import { exportDocument, importDocument } from "./files.js";
+import { wireDocumentMenus } from "./documentmenus.js";
+import { LearningLens } from "./learning.js";
 import { Lens } from "./lens.js";
 import { Column, OptionSet } from "./optionsets.js";
 import { SuggestionsPopup } from "./popup.js";
@@ -27,19 +28,19 @@ const settings = new SettingsPanel({
   toggle: $("settingsToggle"), reset: $("settingsReset"),
   presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"), compare: $("compareModel"),
   onChange: () => { // the chart follows every slider; the perplexity follows the chosen model
-    requestDistribution();
-    if (connection?.socket.connected) requestScore();
+    learning?.requestDistribution();
+    if (connection?.socket.connected) learning?.requestScore();
   },
 });
 const lens = new Lens(
   { lens: $("lens"), title: $("lensTitle"), legend: $("lensLegend"), text: $("lensText"), tip: $("lensTip"),
     close: $("lensClose") },
-  { onClose: () => setView("write") },
+  { onClose: () => learning.setView("write") },
 );
 const distribution = new DistributionPanel(
   { panel: $("distribution"), toggle: $("distributionToggle"), bars: $("distributionBars"),
     summary: $("distributionSummary") },
-  { onOpen: () => requestDistribution() },
+  { onOpen: () => learning.requestDistribution() },
 );
 const popup = new SuggestionsPopup(
   { popup: $("popup"), options: $("popupOptions"), setLabel: $("popupSetLabel"),
@@ -58,23 +59,21 @@ let current = -1;
 let active = null; // the set whose requests are in flight
 let primeTimer = null;
 let lastPrimed = null; // the text the server last read ahead of Tab
-let lastScored = null; // the document whose perplexity the status bar shows
-let scoring = null; // the `score` request in flight: { id, text, offset }
-let scored = null; // its answer: { text, offset, result }
-let asked = null; // the `distribution` request whose answer the chart waits for: { id, text, settings }
-let view = "write";
+let learning = null; // the learning lens (below), once the connection exists
 // the server's first model: what a request without one gets
 let defaultModel = document.querySelector("#setting-model").dataset.default || $("statusModel").textContent;
 let modelSizes = {}; // model name -> parameters
+const currentModel = () => settings.values().model || defaultModel;
 const saved = storage.loadDocument();
 const provenance = new Provenance(saved.text, saved.spans ?? []);
 
 const connection = new Connection({
   connect: () => {
     statusBar.connection("connected", "connected");
-    lastPrimed = lastScored = asked = null; // a new connection (or a restarted server) has read nothing yet
+    lastPrimed = null; // a new connection (or a restarted server) has read nothing yet
+    learning.forget();
     schedulePrime();
-    requestDistribution();
+    learning.requestDistribution();
   },
   disconnect: (reason) => {
     // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
@@ -94,10 +93,8 @@ const connection = new Connection({
     settings.showModels(status.models ?? []);
   },
   policy: (policy) => settings.applyPolicy(policy),
-  score: onScore,
-  distribution: (answer) => {
-    if (asked && answer.id === asked.id) distribution.render(answer, asked.settings);
-  },
+  score: (result) => learning.onScore(result),
+  distribution: (answer) => learning.onDistribution(answer),
   delta: onDelta,
   done: onDone,
   error: onError,
@@ -106,8 +103,8 @@ const connection = new Connection({
 // ---- requests ------------------------------------------------------------------------
 
 // The models a Tab asks: the chosen one, and in compare mode a second one beside it.
-function modelsToAsk(values) {
-  const chosen = values.model || defaultModel;
+function modelsToAsk() {
+  const chosen = currentModel();
   const other = $("compareModel").value;
   return other && other !== chosen ? [chosen, other] : [chosen];
 }
@@ -115,7 +112,7 @@ function modelsToAsk(values) {
 function requestSuggestions() {
   cancelActive();
   const values = settings.values();
-  const columns = modelsToAsk(values).map((model) => {
+  const columns = modelsToAsk().map((model) => {
     const id = connection.nextId();
     connection.send("suggest", { id, text: editor.textBeforeCaret(), settings: { ...values, model } });
     return new Column(id, model, { ...values, model }, values.n);
@@ -296,131 +293,33 @@ function schedulePrime() {
       lastPrimed = text;
       connection.send("prime", { id: connection.nextId(), text, settings: settings.values() });
     }
-    requestScore();
-    requestDistribution();
+    learning.requestScore();
+    learning.requestDistribution();
   }, PRIME_DELAY_MS);
 }
 
-// ---- the learning lens: scores, the surprise view, the next-token chart -------------------
+// ---- the learning lens, examples, export and import -----------------------------------------
 
-// The document's perplexity under the chosen model (asked again when the text or the model changes).
-function requestScore() {
-  const whole = editor.tail(editor.text);
-  const model = settings.values().model || defaultModel;
-  const key = JSON.stringify([whole, model]);
-  if (key === lastScored) return;
-  lastScored = key;
-  if (!whole.trim()) {
-    statusBar.perplexity(null);
-    return;
-  }
-  scoring = { id: connection.nextId(), text: whole, offset: editor.text.length - whole.length, model };
-  connection.send("score", { id: scoring.id, text: whole, model });
-}
-
-function onScore(result) {
-  statusBar.perplexity(result.perplexity, result.tokens.length);
-  if (!scoring || result.id !== scoring.id) return;
-  scored = { ...scoring, result };
-  if (view === "surprise") showSurprise();
-}
-
-function showSurprise() {
-  const whole = editor.tail(editor.text);
-  const model = settings.values().model || defaultModel;
-  if (scored && scored.text === whole && scored.offset === editor.text.length - whole.length && scored.model === model) {
-    lens.showSurprise(editor.text, scored.offset, scored.result);
-  } else {
-    lens.waiting(editor.text);
-    requestScore();
-  }
-}
-
-// The chart follows the caret and the settings; the server reads each text once.
-function requestDistribution() {
-  if (!distribution.isOpen || !connection.socket.connected) return;
-  const text = editor.textBeforeCaret();
-  const values = settings.values();
-  const key = JSON.stringify([text, values]);
-  if (asked && asked.key === key) return;
-  if (!asked || asked.text !== text) distribution.waiting(); // a settings change alone is answered at once
-  asked = { id: connection.nextId(), key, text, settings: values };
-  connection.send("distribution", { id: asked.id, text, settings: values });
-}
-
-function setView(next) {
-  view = next;
-  for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
-    button.setAttribute("aria-pressed", String(button.dataset.view === next));
-  }
-  if (next === "write") {
-    lens.close();
-    editor.focus();
-    return;
-  }
-  closePopup();
-  if (next === "surprise") showSurprise();
-  else lens.showProvenance(provenance.runs(), provenance.modelCharacters(), editor.text.length);
-  $("lensText").focus();
-}
-for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
-  button.addEventListener("click", () => setView(button.dataset.view));
-}
+learning = new LearningLens({
+  editor, settings, connection, statusBar, lens, distribution, provenance, currentModel, closePopup,
+});
 document.addEventListener("selectionchange", () => {
   if (distribution.isOpen && document.activeElement === editor.textarea) schedulePrime();
 });
 
-// ---- examples, export and import ----------------------------------------------------------
-
 // Replace the whole document as one undoable edit (Ctrl+Z brings the old text back).
 function replaceDocument(text) {
-  setView("write");
+  learning.setView("write");
   editor.textarea.select();
   editor.insertAtCaret(text);
   provenance.update(editor.text);
   saveDocument();
 }
 
-for (const button of document.querySelectorAll(SELECTORS.examples)) {
-  button.addEventListener("click", () => {
-    replaceDocument(button.dataset.text);
-    settings.apply(JSON.parse(button.dataset.settings));
-    $("examplesMenu").open = false;
-    statusBar.note(`Example loaded. ${button.dataset.note}`);
-  });
-}
-
-for (const button of document.querySelectorAll(SELECTORS.exportButtons)) {
-  button.addEventListener("click", () => {
-    const kind = button.dataset.export;
-    provenance.update(editor.text);
-    const { body, type } = exportDocument(
-      { text: editor.text, spans: provenance.spans, model: settings.values().model || defaultModel, settings: settings.values() }, kind);
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(new Blob([body], { type }));
-    link.download = `tabwrite-document.${kind}`;
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
-    $("fileMenu").open = false;
-  });
-}
-
-$("importFile").addEventListener("change", async (event) => {
-  const [file] = event.target.files;
-  event.target.value = ""; // the same file can be chosen again
-  $("fileMenu").open = false;
-  if (!file) return;
-  try {
-    const doc = importDocument(file.name, await file.text());
-    replaceDocument(doc.text);
-    provenance.spans = [];
-    for (const span of doc.spans) provenance.markModel(span.start, span.end, span.model);
-    saveDocument();
-    statusBar.note(`Imported ${file.name}: ${doc.text.length} characters, ${provenance.modelCharacters()} written by a model.`);
-  } catch (error) {
-    statusBar.message(`Import failed: ${error.message}`); // the document is left as it was
-  }
+wireDocumentMenus({
+  settings, statusBar, provenance, currentModel, documentText: () => editor.text, replaceDocument, save: saveDocument,
 });
+
 window.addEventListener("pagehide", saveDocument);
 
 new Publisher({ button: $("publish"), result: $("publishResult") }, {

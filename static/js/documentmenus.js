@@ -1,0 +1,51 @@
+// The Examples and File menus: loading a lesson's prompt, exporting and importing the document.
+import { exportDocument, importDocument } from "./files.js";
+import { $, SELECTORS } from "./selectors.js";
+
+// `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save().
+export function wireDocumentMenus(parts) {
+  const { settings, statusBar, provenance } = parts;
+
+  for (const button of document.querySelectorAll(SELECTORS.examples)) {
+    button.addEventListener("click", () => {
+      parts.replaceDocument(button.dataset.text);
+      settings.apply(JSON.parse(button.dataset.settings));
+      $("examplesMenu").open = false;
+      statusBar.note(`Example loaded. ${button.dataset.note}`);
+    });
+  }
+
+  for (const button of document.querySelectorAll(SELECTORS.exportButtons)) {
+    button.addEventListener("click", () => {
+      const kind = button.dataset.export;
+      const text = parts.documentText();
+      provenance.update(text);
+      const doc = { text, spans: provenance.spans, model: parts.currentModel(), settings: settings.values() };
+      const { body, type } = exportDocument(doc, kind);
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(new Blob([body], { type }));
+      link.download = `tabwrite-document.${kind}`;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+      $("fileMenu").open = false;
+    });
+  }
+
+  $("importFile").addEventListener("change", async (event) => {
+    const [file] = event.target.files;
+    event.target.value = ""; // the same file can be chosen again
+    $("fileMenu").open = false;
+    if (!file) return;
+    try {
+      const doc = importDocument(file.name, await file.text());
+      parts.replaceDocument(doc.text);
+      provenance.spans = [];
+      for (const span of doc.spans) provenance.markModel(span.start, span.end, span.model);
+      parts.save();
+      statusBar.note(`Imported ${file.name}: ${doc.text.length} characters, `
+        + `${provenance.modelCharacters()} written by a model.`);
+    } catch (error) {
+      statusBar.message(`Import failed: ${error.message}`); // the document is left as it was
+    }
+  });
+}
