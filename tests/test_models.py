@@ -119,3 +119,22 @@ def test_a_gpt2_folder_loads_in_each_cpu_format_and_stays_close_to_float32(tmp_p
         approximate = torch.softmax(packed.model(input_ids=ids).logits.float(), dim=-1)
     assert (reference - approximate).abs().max() < 0.05, "the same model, a little less exact"
     assert not any(type(m).__name__ == "Conv1D" for m in packed.model.modules())
+
+
+def test_the_engine_writes_with_an_int8_model_exactly_as_its_generate(tmp_path, embedded):
+    from webapp.engine import Engine
+    from webapp.protocol import SamplingSettings
+
+    folder = tmp_path / "gpt2"
+    build_tiny_gpt2(embedded.tokenizer, n_embd=128).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    loaded = load_model(resolve_model(str(folder)), device="cpu", dtype="int8")
+    assert any("quantized" in type(m).__module__ for m in loaded.model.modules())
+    engine = Engine(loaded)
+    generation, _ = engine.start("Once", SamplingSettings(n=2, temperature=0, length=8, stop_at="length"))
+    while not generation.finished:
+        engine.step(generation)
+    prompt = torch.tensor([generation.prompt_ids])
+    expected = loaded.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                                     do_sample=False, pad_token_id=engine.pad_id)
+    assert generation.options[0].tokens == expected[0, prompt.shape[1]:].tolist()
