@@ -125,7 +125,7 @@ def main():
             engine.warm_up()
             step = time_steps(engine, text_300, args.steps)
             prefill = time_prefill(engine, text_211)
-            perplexity = engine.score(QUALITY_TEXT)["perplexity"] if name == "embedded" else None
+            perplexity = engine.score(QUALITY_TEXT)[0]["perplexity"] if name == "embedded" else None
             reference_ppl = reference_ppl or perplexity
             rows.append({"model": name, "format": weight_format, "step_ms": round(step, 1),
                          "baseline_step_ms": round(baseline, 1), "speedup": round(baseline / step, 2),

@@ -265,7 +265,7 @@ def test_a_generation_that_leaves_a_batch_owns_its_cache(engine):
 
 def test_perplexity_is_exp_of_the_mean_negative_log_likelihood(engine, embedded):
     text = "The cat sat on the mat. It was a sunny day, and the children played outside."
-    scores = engine.score(text)
+    scores = engine.score(text)[0]
     ids = embedded.tokenizer(text, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():  # directly: each token given all the ones before it, after start-of-text
         inputs = torch.tensor([[engine.start_id] + ids])
@@ -274,16 +274,16 @@ def test_perplexity_is_exp_of_the_mean_negative_log_likelihood(engine, embedded)
     assert scores["perplexity"] == pytest.approx(float(torch.exp(nll.mean())), rel=1e-4)
     assert [t["logprob"] for t in scores["tokens"]] == pytest.approx((-nll).tolist(), abs=1e-4)
     assert "".join(t["text"] for t in scores["tokens"]) == text
-    surprising = engine.score("The cat sat on the mat. Purple algebra swims loudly beneath Tuesday.")["perplexity"]
+    surprising = engine.score("The cat sat on the mat. Purple algebra swims loudly beneath Tuesday.")[0]["perplexity"]
     assert surprising > scores["perplexity"], "nonsense surprises the model more"
 
 
 def test_scoring_keeps_the_last_context_window(engine, tiny):
     small = Engine(tiny)  # a 256-token window
     total = len(tiny.tokenizer("word " * 400, add_special_tokens=False)["input_ids"])
-    scores = small.score("word " * 400)
+    scores = small.score("word " * 400)[0]
     assert len(scores["tokens"]) == 255 and scores["truncated_tokens"] == total - 255
-    assert engine.score("")["perplexity"] is None
+    assert engine.score("")[0]["perplexity"] is None
 
 
 def utf16_slice(text, start, end):
@@ -293,7 +293,7 @@ def utf16_slice(text, start, end):
 
 def test_scored_tokens_carry_rank_alternatives_and_where_they_end(engine, embedded):
     text = "My 🙂 cat sat on the mat.\n\nThe  end"
-    scores = engine.score(text)
+    scores = engine.score(text)[0]
     tokens = scores["tokens"]
     assert scores["scored_from"] == 0 and tokens[-1]["end"] == len(text.encode("utf-16-le")) // 2
     starts = [0] + [t["end"] for t in tokens[:-1]]
@@ -314,7 +314,7 @@ def test_scored_tokens_carry_rank_alternatives_and_where_they_end(engine, embedd
 def test_scoring_a_long_text_says_where_the_scored_part_starts(engine, tiny):
     small = Engine(tiny)
     text = "word " * 400
-    scores = small.score(text)
+    scores = small.score(text)[0]
     # "word", then " word" again and again: the scored part starts after the last dropped one
     assert scores["scored_from"] == 4 + 5 * (scores["truncated_tokens"] - 1)
     assert scores["tokens"][-1]["end"] == len(text)
@@ -444,3 +444,24 @@ def test_the_same_generations_step_on_in_one_stack_and_a_newcomer_restacks(engin
     while not (first.finished and second.finished and late.finished):
         engine.step_many([g for g in (first, second, late) if not g.finished])
     assert [[o.tokens for o in g.options] for g in (first, second, late)] == alone
+
+
+def test_scoring_a_longer_text_reads_only_its_new_tokens_and_scores_the_same(engine):
+    text = "The cat sat on the mat. It was a sunny day, and the children played outside."
+    first, scored = engine.score(text)
+    read = []
+    forward = engine.model.forward
+    engine.model.forward = lambda *args, **kwargs: read.append(kwargs["input_ids"].shape[1]) or forward(*args, **kwargs)
+    try:
+        longer, scored = engine.score(text + " Then it rained.", scored)
+        edited, _ = engine.score("The dog sat on the mat.", scored)  # differs at the second token
+        same, _ = engine.score("The dog sat on the mat.", engine.score("The dog sat on the mat.")[1])
+    finally:
+        del engine.model.forward
+    fresh = engine.score(text + " Then it rained.")[0]
+    assert read[0] == len(longer["tokens"]) - len(first["tokens"]), "only the new tokens were read"
+    assert read[1] == len(edited["tokens"]) - 1, "after an edit, from the first changed token on"
+    assert longer["perplexity"] == pytest.approx(fresh["perplexity"], rel=1e-4)
+    assert [t["rank"] for t in longer["tokens"]] == [t["rank"] for t in fresh["tokens"]]
+    assert [t["logprob"] for t in longer["tokens"]] == pytest.approx([t["logprob"] for t in fresh["tokens"]], abs=1e-4)
+    assert same == engine.score("The dog sat on the mat.")[0], "the same text again: nothing to read"

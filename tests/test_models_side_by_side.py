@@ -69,7 +69,7 @@ def test_status_lists_every_model_and_an_unknown_one_is_refused(two_models_app, 
         assert error["field"] == "settings.model" and "tiny-gpt2" in error["message"]
     client.emit("score", {"id": "s", "text": "Hello there", "model": tiny.name})
     [tiny_score] = payloads(wait_for(client, "s", event="score"), "score", "s")
-    assert tiny_score["perplexity"] == pytest.approx(Engine(tiny).score("Hello there")["perplexity"], rel=1e-4)
+    assert tiny_score["perplexity"] == pytest.approx(Engine(tiny).score("Hello there")[0]["perplexity"], rel=1e-4)
 
 
 def test_the_memory_budget_loads_what_fits_and_reports_the_rest(tmp_path, embedded):

@@ -61,6 +61,19 @@ class Prefix:
 
 
 @dataclass
+class Scored:
+    """A tab's last scored tokens, their results and the keys and values of the model's inputs for them."""
+
+    ids: list
+    results: list  # per token: (id, log-probability, rank, [(alternative id, log-probability), ...])
+    cache: object
+
+    def cache_bytes(self):
+        """Memory held by the kept keys and values."""
+        return kvcache.cache_bytes(self.cache)
+
+
+@dataclass
 class Generation:
     """The state of one request's options: settings, prompt, KV cache and per-option progress."""
 
@@ -233,7 +246,7 @@ class Engine:
         return self._sample(generation, out.logits[:, -1, :])
 
     @torch.inference_mode()
-    def score(self, text):
+    def score(self, text, previous=None):
         """How likely the model finds `text` (its last context window), token by token, and its perplexity.
 
         Every token is predicted from the ones before it; the first from the start-of-text
@@ -241,27 +254,52 @@ class Engine:
         model could have put there (1 = the likeliest), the model's likeliest alternatives,
         and where it ends in `text` (in UTF-16 code units, as the page counts). Perplexity is
         exp of the mean negative log-likelihood over the scored tokens.
+
+        `previous` (the Scored of this tab's last score, used up) lets the tokens `text`
+        still begins with keep their results and their keys and values, so that only the
+        new tokens are read. Returns the scores and the new Scored (None for an empty text).
         """
         ids, ends = self._encode_with_ends(text)
         truncated = max(0, len(ids) - (self.loaded.max_context - 1))
         scored_from = ends[truncated - 1] if truncated else 0
         ids, ends = ids[truncated:], ends[truncated:]
         if not ids:
-            return {"tokens": [], "perplexity": None, "truncated_tokens": truncated, "scored_from": scored_from}
-        inputs = torch.tensor([[self.start_id] + ids[:-1]], device=self.device)
-        logprobs = torch.log_softmax(self.model(input_ids=inputs).logits[0].float(), dim=-1)
-        actual = logprobs.gather(1, torch.tensor(ids, device=self.device)[:, None])
-        ranks = ((logprobs > actual).sum(dim=1) + 1).tolist()
-        top_values, top_ids = logprobs.topk(SCORE_ALTERNATIVES, dim=-1)
+            return {"tokens": [], "perplexity": None, "truncated_tokens": truncated, "scored_from": scored_from}, None
+        scored = self._score_ids(ids, previous)
         tokens = [
             {"text": self._piece(token), "logprob": round(value, 5), "rank": rank, "end": end,
-             "top": [{"text": self._piece(other), "logprob": round(other_value, 4)}
-                     for other, other_value in zip(others, other_values)]}
-            for token, value, rank, end, others, other_values
-            in zip(ids, actual[:, 0].tolist(), ranks, ends, top_ids.tolist(), top_values.tolist())
+             "top": [{"text": self._piece(other), "logprob": round(other_value, 4)} for other, other_value in top]}
+            for (token, value, rank, top), end in zip(scored.results, ends)
         ]
-        return {"tokens": tokens, "perplexity": float(torch.exp(-actual.mean())), "truncated_tokens": truncated,
-                "scored_from": scored_from}
+        mean = sum(value for _, value, _, _ in scored.results) / len(scored.results)
+        return {"tokens": tokens, "perplexity": math.exp(-mean), "truncated_tokens": truncated,
+                "scored_from": scored_from}, scored
+
+    def _score_ids(self, ids, previous):
+        """Per token of `ids`: (id, log-probability, rank, top alternatives); reusing what `previous` scored."""
+        common = 0
+        if previous is not None:
+            for old, new in zip(previous.ids, ids):
+                if old != new:
+                    break
+                common += 1
+        if common == len(ids) == len(previous.ids):
+            return previous
+        cache = None
+        if common:  # the model's inputs are [start] + ids[:-1]: the first `common` of them are in the cache
+            cache = previous.cache
+            if common < len(previous.ids):
+                cache.crop(common - len(previous.ids))  # a negative count: positions to drop from the end
+        inputs = torch.tensor([([self.start_id] + ids[:-1])[common:]], device=self.device)
+        out = self.model(input_ids=inputs, cache=cache, use_cache=True)
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        actual = logprobs.gather(1, torch.tensor(ids[common:], device=self.device)[:, None])[:, 0]
+        ranks = ((logprobs > actual[:, None]).sum(dim=1) + 1).tolist()
+        top_values, top_ids = logprobs.topk(SCORE_ALTERNATIVES, dim=-1)
+        fresh = [(token, value, rank, list(zip(others, other_values))) for token, value, rank, others, other_values
+                 in zip(ids[common:], actual.tolist(), ranks, top_ids.tolist(), top_values.tolist())]
+        kept = previous.results[:common] if common else []
+        return Scored(list(ids), kept + fresh, out.cache)
 
     def _encode_with_ends(self, text):
         """Token ids of `text` and where each token ends in it, counted in UTF-16 code units (as JavaScript counts)."""

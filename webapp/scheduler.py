@@ -60,6 +60,7 @@ class Scheduler:
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
         self.primes = OrderedDict()  # sid -> PrimeRequest still to read, in turn, when no request waits
         self.scores = OrderedDict()  # sid -> ScoreRequest to answer when nothing else waits
+        self.scored = OrderedDict()  # sid -> engine.Scored: the last scored text, so a score reads only what is new
         self.distributions = OrderedDict()  # sid -> DistributionRequest whose text the model has still to read
         self.next_logits = {}  # sid -> (text, logits after it): a settings change reshapes them without the model
         self.prefix_budget_bytes = prefix_budget_bytes
@@ -277,6 +278,7 @@ class Scheduler:
         self.prefixes.pop(sid, None)
         self.primes.pop(sid, None)
         self.scores.pop(sid, None)
+        self.scored.pop(sid, None)
         self.distributions.pop(sid, None)
         self.next_logits.pop(sid, None)
 
@@ -312,13 +314,17 @@ class Scheduler:
     def _score_one(self):
         """Answer the longest-waiting `score`."""
         sid, request = self.scores.popitem(last=False)
+        previous = self.scored.pop(sid, None)
         try:
-            scores = self.runner.run_blocking(self.engine.score, request.text)
+            scores, scored = self.runner.run_blocking(self.engine.score, request.text, previous)
         except Exception:
             log.exception("scoring failed for %s", request.id)
             error = ProtocolError("the model failed while scoring; please try again", code=protocol.INTERNAL)
             self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
             return
+        if scored is not None:
+            self.scored[sid] = scored
+            self._within_prefix_budget()
         self.emit(protocol.SCORE, protocol.score_payload(request.id, scores), to=sid)
 
     def _distribution(self, sid, request):
@@ -349,10 +355,15 @@ class Scheduler:
     def _keep_prefix(self, sid, prefix):
         """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
         self.prefixes[sid] = prefix
-        total = sum(prefix.cache_bytes() for prefix in self.prefixes.values())
-        while total > self.prefix_budget_bytes and self.prefixes:
-            _, oldest = self.prefixes.popitem(last=False)
-            total -= oldest.cache_bytes()
+        self._within_prefix_budget()
+
+    def _within_prefix_budget(self):
+        """Forget the least recently used scored texts, then prompt caches, until both fit PREFIX_CACHE_MB."""
+        total = sum(kept.cache_bytes() for kept in [*self.prefixes.values(), *self.scored.values()])
+        for kept in (self.scored, self.prefixes):  # a Tab's prompt cache matters more than a perplexity's
+            while total > self.prefix_budget_bytes and kept:
+                _, oldest = kept.popitem(last=False)
+                total -= oldest.cache_bytes()
 
     # ---- figures for the status bar and /healthz -----------------------------------
 
