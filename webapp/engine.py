@@ -154,7 +154,7 @@ class Engine:
         cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
         # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last position only
         out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True, logits_to_keep=1)
-        generation.prefix = Prefix(list(generation.prompt_ids), out.cache)
+        generation.prefix = Prefix(list(generation.prompt_ids), kvcache.growing(out.cache))
         cache = kvcache.shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
         # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
         cache.batch_repeat_interleave(settings.n)
@@ -335,7 +335,7 @@ class Engine:
         cache, common = self._reusable(prefix, ids)
         piece = torch.tensor([ids[common:]], device=self.device)
         out = self.model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float(), Prefix(ids, out.cache)
+        return out.logits[0, -1].float(), Prefix(ids, kvcache.growing(out.cache))
 
     def distribution(self, logits, settings, top=DISTRIBUTION_TOP):
         """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives."""
@@ -363,7 +363,7 @@ class Engine:
         if upto > common:
             piece = torch.tensor([target[common:upto]], device=self.device)
             cache = self.model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1).cache
-        return (Prefix(target[:upto], cache) if cache is not None else None), upto == len(target)
+        return (Prefix(target[:upto], kvcache.growing(cache)) if cache is not None else None), upto == len(target)
 
     def _reusable(self, prefix, ids):
         """The previous prompt's cache cut to the part `ids` shares with it, and that part's length."""

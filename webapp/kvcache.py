@@ -79,8 +79,13 @@ def compact(cache):
 
 
 def growing(cache):
-    """`cache` with layers that write each step's keys and values into spare room instead of copying them all."""
-    cache.layers = [GrowingLayer.adopt(layer) for layer in cache.layers]
+    """`cache` with layers that write each step's keys and values into spare room instead of copying them all.
+
+    A layer that already grows in its own buffers is kept as it is; any other (a DynamicLayer,
+    or a copy whose keys were replaced) becomes a GrowingLayer that owns no buffer yet.
+    """
+    cache.layers = [layer if isinstance(layer, GrowingLayer) and layer.owns_its_keys() else GrowingLayer.adopt(layer)
+                    for layer in cache.layers]
     return cache
 
 
@@ -116,13 +121,17 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = keys[:, :, :end], values[:, :, :end]
         return self.keys, self.values
 
-    def _has_room(self, key_states, length, end):
-        if self.buffers is None:
+    def owns_its_keys(self):
+        """True when the keys and values are the front of this layer's own buffers (so it may write after them)."""
+        if self.buffers is None or self.keys is None or not self.keys.numel():
             return False
-        keys = self.buffers[0]
-        return (keys.shape[-2] >= end and keys.shape[0] == key_states.shape[0] and length > 0
-                and self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
-                and self.values.data_ptr() == self.buffers[1].data_ptr())
+        keys, values = self.buffers
+        return (self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
+                and self.values.data_ptr() == values.data_ptr())
+
+    def _has_room(self, key_states, length, end):
+        return (self.owns_its_keys() and length > 0 and self.buffers[0].shape[-2] >= end
+                and self.buffers[0].shape[0] == key_states.shape[0])
 
 
 def _room_for(states, current, length, end):
