@@ -314,14 +314,10 @@ class Scheduler:
     def _score_one(self):
         """Answer the longest-waiting `score`."""
         sid, request = self.scores.popitem(last=False)
-        previous = self.scored.pop(sid, None)
-        try:
-            scores, scored = self.runner.run_blocking(self.engine.score, request.text, previous)
-        except Exception:
-            log.exception("scoring failed for %s", request.id)
-            error = ProtocolError("the model failed while scoring; please try again", code=protocol.INTERNAL)
-            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
+        answer = self._idle_call(sid, request, "scoring", self.engine.score, request.text, self.scored.pop(sid, None))
+        if answer is None:
             return
+        scores, scored = answer
         if scored is not None:
             self.scored[sid] = scored
             self._within_prefix_budget()
@@ -340,17 +336,24 @@ class Scheduler:
     def _distribution_one(self):
         """Read the text of the longest-waiting distribution request (from the tab's prompt cache), then answer."""
         sid, request = self.distributions.popitem(last=False)
-        prefix = self.prefixes.pop(sid, None)
-        try:
-            logits, prefix = self.runner.run_blocking(self.engine.next_token_logits, request.text, prefix)
-        except Exception:
-            log.exception("the next-token distribution failed for %s", request.id)
-            error = ProtocolError("the model failed while reading the text; please try again", code=protocol.INTERNAL)
-            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
+        answer = self._idle_call(sid, request, "reading the text", self.engine.next_token_logits, request.text,
+                                 self.prefixes.pop(sid, None))
+        if answer is None:
             return
+        logits, prefix = answer
         self._keep_prefix(sid, prefix)
         self.next_logits[sid] = (request.text, logits)
         self._distribution(sid, request)
+
+    def _idle_call(self, sid, request, doing, call, *args):
+        """Run an idle-time model call for `request`; when it fails, log it, tell the tab, and return None."""
+        try:
+            return self.runner.run_blocking(call, *args)
+        except Exception:
+            log.exception("%s failed for %s", doing, request.id)
+            error = ProtocolError(f"the model failed while {doing}; please try again", code=protocol.INTERNAL)
+            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
+            return None
 
     def _keep_prefix(self, sid, prefix):
         """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
