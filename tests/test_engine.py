@@ -465,3 +465,14 @@ def test_scoring_a_longer_text_reads_only_its_new_tokens_and_scores_the_same(eng
     assert [t["rank"] for t in longer["tokens"]] == [t["rank"] for t in fresh["tokens"]]
     assert [t["logprob"] for t in longer["tokens"]] == pytest.approx([t["logprob"] for t in fresh["tokens"]], abs=1e-4)
     assert same == engine.score("The dog sat on the mat.")[0], "the same text again: nothing to read"
+
+
+def test_scoring_after_the_end_was_deleted_reuses_what_is_left(engine):
+    text = "The cat sat on the mat. It was a sunny day."
+    _, scored = engine.score(text)
+    shorter, kept = engine.score("The cat sat on the mat.", scored)  # every token left was scored before
+    fresh = engine.score("The cat sat on the mat.")[0]
+    assert shorter["perplexity"] == pytest.approx(fresh["perplexity"], rel=1e-4)
+    assert [t["rank"] for t in shorter["tokens"]] == [t["rank"] for t in fresh["tokens"]]
+    longer, _ = engine.score(text, kept)  # and it goes on from the cut-back cache
+    assert longer["perplexity"] == pytest.approx(engine.score(text)[0]["perplexity"], rel=1e-4)

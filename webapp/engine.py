@@ -48,12 +48,8 @@ class Option:
         return self.logprob / len(self.tokens) if self.tokens else None
 
 
-@dataclass
-class Prefix:
-    """A prompt's KV cache (a batch of one), kept so that the next TAB on a growing document reads only what is new."""
-
-    ids: list
-    cache: object
+class _HoldsCache:
+    """Something that keeps a KV cache in its `cache` field."""
 
     def cache_bytes(self):
         """Memory held by the kept keys and values."""
@@ -61,20 +57,24 @@ class Prefix:
 
 
 @dataclass
-class Scored:
+class Prefix(_HoldsCache):
+    """A prompt's KV cache (a batch of one), kept so that the next TAB on a growing document reads only what is new."""
+
+    ids: list
+    cache: object
+
+
+@dataclass
+class Scored(_HoldsCache):
     """A tab's last scored tokens, their results and the keys and values of the model's inputs for them."""
 
     ids: list
     results: list  # per token: (id, log-probability, rank, [(alternative id, log-probability), ...])
     cache: object
 
-    def cache_bytes(self):
-        """Memory held by the kept keys and values."""
-        return kvcache.cache_bytes(self.cache)
-
 
 @dataclass
-class Generation:
+class Generation(_HoldsCache):
     """The state of one request's options: settings, prompt, KV cache and per-option progress."""
 
     settings: object
@@ -107,9 +107,22 @@ class Generation:
         """Per option: the average log-probability of its tokens and the perplexity that gives."""
         return [_likelihood(option.mean_logprob()) for option in self.options]
 
-    def cache_bytes(self):
-        """Memory held by this generation's KV cache."""
-        return kvcache.cache_bytes(self.cache)
+
+def _keep_common_start(cached_ids, cache, ids):
+    """How many of `ids` begin as `cached_ids` do, and `cache` (one position per cached id) cut back to them.
+
+    Returns (None, 0) when they share nothing.
+    """
+    common = 0
+    for old, new in zip(cached_ids, ids):
+        if old != new:
+            break
+        common += 1
+    if common == 0:
+        return None, 0
+    if common < len(cached_ids):
+        cache.crop(common - len(cached_ids))  # a negative count: positions to drop from the end
+    return cache, common
 
 
 def _likelihood(mean_logprob):
@@ -277,19 +290,12 @@ class Engine:
 
     def _score_ids(self, ids, previous):
         """Per token of `ids`: (id, log-probability, rank, top alternatives); reusing what `previous` scored."""
-        common = 0
-        if previous is not None:
-            for old, new in zip(previous.ids, ids):
-                if old != new:
-                    break
-                common += 1
-        if common == len(ids) == len(previous.ids):
+        if previous is not None and previous.ids == ids:
             return previous
-        cache = None
-        if common:  # the model's inputs are [start] + ids[:-1]: the first `common` of them are in the cache
-            cache = previous.cache
-            if common < len(previous.ids):
-                cache.crop(common - len(previous.ids))  # a negative count: positions to drop from the end
+        # the model's inputs are [start] + ids[:-1]: the cache holds one position per scored token
+        cache, common = _keep_common_start(previous.ids, previous.cache, ids) if previous else (None, 0)
+        if common == len(ids):  # the text only lost its end: every token left is scored already
+            return Scored(list(ids), previous.results[:common], cache)
         inputs = torch.tensor([([self.start_id] + ids[:-1])[common:]], device=self.device)
         out = self.model(input_ids=inputs, cache=cache, use_cache=True)
         logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
@@ -306,7 +312,7 @@ class Engine:
         if not text:
             return [], []
         if not self.tokenizer.is_fast:  # no offsets: add up the decoded pieces
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._token_ids(text)
             ends = list(itertools.accumulate(len(self._piece(token)) for token in ids))
         else:
             encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -316,6 +322,10 @@ class Engine:
         if ends:
             ends[-1] = len(text)  # trailing text the offsets leave out belongs to the last token
         return ids, [utf16[end] for end in ends]
+
+    def _token_ids(self, text):
+        """The token ids of `text` as the model reads it (no special tokens added)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _piece(self, token):
         """The text of one token, remembered: scoring and the distribution chart show thousands of them."""
@@ -330,7 +340,7 @@ class Engine:
 
         No token healing: the chart shows what follows the text exactly as typed.
         """
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids = self._token_ids(text)
         ids = ids[-(self.loaded.max_context - 1):] or [self.start_id]
         cache, common = self._reusable(prefix, ids)
         piece = torch.tensor([ids[common:]], device=self.device)
@@ -369,16 +379,8 @@ class Engine:
         """The previous prompt's cache cut to the part `ids` shares with it, and that part's length."""
         if prefix is None or not all(getattr(layer, "is_croppable", False) for layer in prefix.cache.layers):
             return None, 0
-        common = 0
-        for old, new in zip(prefix.ids, ids[:-1]):  # at least the last token is read again, for its logits
-            if old != new:
-                break
-            common += 1
-        if common == 0:
-            return None, 0
-        if common < len(prefix.ids):
-            prefix.cache.crop(common - len(prefix.ids))  # a negative count: tokens to drop from the end
-        return prefix.cache, common
+        # at least the last token is read again, for its logits
+        return _keep_common_start(prefix.ids, prefix.cache, ids[:-1])
 
     def warm_up(self):
         """Run one tiny request so the first real TAB does not pay for lazy initialisation."""
@@ -423,7 +425,7 @@ class Engine:
 
     def prepare(self, text, settings):
         """Tokenize, keep what fits the window, and apply token healing; no model work."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids = self._token_ids(text)
         budget = self.loaded.max_context - min(settings.length * ROOM_STEPS, self.loaded.max_context // 2)
         truncated = max(0, len(ids) - budget)
         ids = ids[truncated:] or [self.start_id]
