@@ -2,7 +2,7 @@
 import torch
 
 from webapp.protocol import SamplingSettings
-from webapp.sampling import choose_next_tokens, keep_top_k, keep_top_p, reshape
+from webapp.sampling import candidates, choose_next_tokens, keep_top_p, reshape
 
 INF = float("-inf")
 
@@ -12,10 +12,13 @@ def test_greedy_takes_the_largest_logit():
     assert choose_next_tokens(logits, SamplingSettings(temperature=0)).tolist() == [1, 0]
 
 
-def test_top_k_keeps_k():
-    kept = keep_top_k(torch.tensor([[1.0, 4.0, 3.0, 2.0]]), 2)
-    assert kept.tolist() == [[INF, 4.0, 3.0, INF]]
-    assert keep_top_k(torch.tensor([[1.0, 2.0]]), 0).tolist() == [[1.0, 2.0]]
+def test_top_k_keeps_k_candidates_likeliest_first():
+    ids, probabilities = candidates(torch.tensor([[1.0, 4.0, 3.0, 2.0]]), SamplingSettings(temperature=1.0, top_k=2,
+                                                                                            top_p=1.0))
+    assert ids.tolist() == [[1, 2]]
+    assert torch.allclose(probabilities, torch.softmax(torch.tensor([[4.0, 3.0]]), dim=-1))
+    ids, _ = candidates(torch.tensor([[1.0, 2.0]]), SamplingSettings(temperature=1.0, top_k=0, top_p=1.0))
+    assert ids.tolist() == [[0, 1]], "top-k 0 keeps the whole vocabulary"
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
@@ -67,3 +70,16 @@ def test_reshaping_matches_a_hand_computation():
 def test_greedy_mode_picks_the_largest_whatever_the_temperature():
     logits = torch.tensor([[0.1, 3.0, 2.0]])
     assert choose_next_tokens(logits, SamplingSettings(mode="greedy", temperature=2.0)).tolist() == [1]
+
+
+def test_draws_follow_the_reshaped_distribution():
+    """The sampler draws among the candidates only; its frequencies are those `reshape` shows (fixed seed)."""
+    logits = torch.randn(1, 300, generator=torch.Generator().manual_seed(7)) * 3
+    for settings in (SamplingSettings(temperature=0.8, top_k=5, top_p=0.9),
+                     SamplingSettings(temperature=1.3, top_k=0, top_p=0.8),
+                     SamplingSettings(temperature=1.0, top_k=0, top_p=1.0)):
+        draws = choose_next_tokens(logits.expand(20000, -1), settings, torch.Generator().manual_seed(3))
+        frequencies = torch.bincount(draws, minlength=300).float() / len(draws)
+        shaped = reshape(logits, settings)[0]
+        assert set(draws.tolist()) <= set(shaped.nonzero()[:, 0].tolist()), "nothing outside top-k / top-p"
+        assert torch.allclose(frequencies, shaped, atol=0.015), settings

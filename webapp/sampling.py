@@ -17,8 +17,10 @@ def choose_next_tokens(logits, settings, generator=None, allowed=None):
         logits = logits.masked_fill(usable & ~allowed, float("-inf"))
     if is_greedy(settings):
         return logits.argmax(dim=-1)
-    # one draw per row from the reshaped distribution
-    return torch.multinomial(reshape(logits, settings), num_samples=1, generator=generator).squeeze(-1)
+    # one draw per row among the candidates only: with top-k 40 that is 40 numbers, not the whole vocabulary
+    ids, probabilities = candidates(logits, settings)
+    picked = torch.multinomial(probabilities, num_samples=1, generator=generator)
+    return ids.gather(-1, picked).squeeze(-1)
 
 
 def is_greedy(settings):
@@ -37,19 +39,26 @@ def reshape(logits, settings):
         return torch.softmax(logits, dim=-1)
     if is_greedy(settings):
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
-    # temperature: divide the logits, < 1 sharpens the distribution, > 1 flattens it
-    logits = logits / settings.temperature
-    logits = keep_top_k(logits, settings.top_k)
-    logits = keep_top_p(logits, settings.top_p)
-    return torch.softmax(logits, dim=-1)
+    ids, probabilities = candidates(logits, settings)
+    return torch.zeros_like(logits).scatter_(-1, ids, probabilities)
 
 
-def keep_top_k(logits, k):
-    """Set every logit below the k-th largest of its row to -inf (k=0 keeps all)."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
+def candidates(logits, settings):
+    """The tokens sampling may pick and their probabilities, (ids, probabilities), both [rows, candidates].
+
+    Temperature divides the logits (< 1 sharpens the distribution, > 1 flattens it); top-k
+    keeps the k likeliest tokens; top-p keeps the smallest set of those whose probabilities
+    reach p. Tokens cut by top-p stay in the set with probability 0.
+    """
+    logits = logits.float() / settings.temperature
+    vocab = logits.shape[-1]
+    if 0 < settings.top_k < vocab:
+        logits, ids = torch.topk(logits, settings.top_k, dim=-1)  # sorted, likeliest first
+    elif settings.top_p < 1.0:
+        logits, ids = torch.sort(logits, descending=True, dim=-1)
+    else:
+        ids = torch.arange(vocab, device=logits.device).expand_as(logits)
+    return ids, torch.softmax(keep_top_p(logits, settings.top_p), dim=-1)
 
 
 def keep_top_p(logits, p):
@@ -57,8 +66,8 @@ def keep_top_p(logits, p):
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    probabilities = torch.softmax(sorted_logits, dim=-1)
     # drop a token when the tokens before it already reach p; the top token always stays
-    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p
+    drop_sorted = (probabilities.cumsum(dim=-1) - probabilities) >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
