@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from webapp import kvcache
 from webapp.engine import Engine
 from webapp.protocol import SamplingSettings
 
@@ -430,20 +431,58 @@ def test_decoding_steps_write_into_the_caches_spare_room(engine):
     assert generation.texts() == reference.texts()
 
 
-def test_the_same_generations_step_on_in_one_stack_and_a_newcomer_restacks(engine):
-    texts = ["The weather today is", "In 1969 the first people walked on the", "Dear diary,"]
-    settings = dataclasses.replace(GREEDY, n=2, length=10)
-    alone = [[o.tokens for o in run(engine, text, settings)[0].options] for text in texts]
-    first, second, late = (engine.start(text, settings)[0] for text in texts)
-    engine.step_many([first, second])
-    stack = engine._stack.cache
-    engine.step_many([first, second])
-    assert engine._stack.cache is stack, "no copy: the step wrote into the stack's spare room"
-    engine.step_many([first, second, late])  # someone new joins: everyone is stacked again
-    assert engine._stack.cache is not stack
-    while not (first.finished and second.finished and late.finished):
-        engine.step_many([g for g in (first, second, late) if not g.finished])
-    assert [[o.tokens for o in g.options] for g in (first, second, late)] == alone
+def test_requests_join_and_leave_the_stack_in_place_and_each_writes_what_it_writes_alone(engine):
+    texts = ["The weather today is", "In 1969 the first people walked on the", "Dear diary,",
+             "My favourite recipe for a cold winter evening needs"]
+    lengths = (10, 3, 10, 8)
+    settings = [dataclasses.replace(GREEDY, n=n, length=length) for n, length in zip((2, 2, 3, 1), lengths)]
+    alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
+    first, short, late, longest = (engine.start(text, s)[0] for text, s in zip(texts, settings))
+    engine.step_many([first, short])
+    buffer = engine._stack.keys[0]
+    engine.step_many([first, short])
+    engine.step_many([first, short, late])  # someone new joins: copied in after the others, nobody else moves
+    assert engine._stack.keys[0] is buffer, "no new memory: the newcomer took spare rows"
+    assert short.finished and owns_its_memory(short.cache)
+    engine.step_many([first, late, longest])  # one left from the middle, a longer prompt joins: a bigger stack
+    assert engine._stack.holders == [first, late, longest]
+    while not all(g.finished for g in (first, late, longest)):
+        engine.step_many([g for g in (first, late, longest) if not g.finished])
+    assert [[o.tokens for o in g.options] for g in (first, short, late, longest)] == alone
+    assert engine._stack is None, "everyone finished: the stack's memory is let go"
+
+
+def test_a_leaver_from_the_middle_moves_the_rows_after_it_up(engine):
+    texts = ["Once upon a time", "The committee decided", "Dear diary,"]
+    settings = [dataclasses.replace(GREEDY, n=n, length=length) for n, length in ((1, 9), (3, 2), (2, 9))]
+    alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
+    generations = [engine.start(text, s)[0] for text, s in zip(texts, settings)]
+    engine.step_many(generations)
+    engine.step_many(generations)  # the middle one (three rows) ends here
+    buffer = engine._stack.keys[0]
+    going_on = [generations[0], generations[2]]
+    engine.step_many(going_on)
+    assert engine._stack.keys[0] is buffer and engine._stack.rows_of(generations[2]) == slice(1, 3)
+    while not all(g.finished for g in going_on):
+        engine.step_many([g for g in going_on if not g.finished])
+    assert [[o.tokens for o in g.options] for g in generations] == alone
+
+
+def test_a_cancelled_member_keeps_its_own_copy_while_others_write_on(engine):
+    settings = dataclasses.replace(GREEDY, n=2, length=12)
+    stopped, going_on = engine.start("The weather today is", settings)[0], engine.start("Dear diary,", settings)[0]
+    engine.step_many([stopped, going_on])
+    engine.cancel(stopped)
+    kept = [layer.keys.clone() for layer in stopped.cache.layers]
+    newcomer = engine.start("In 1969 the first people walked on the", settings)[0]
+    for _ in range(3):  # the newcomer takes rows and columns; the cancelled set's copy must not change
+        engine.step_many([going_on, newcomer])
+    assert all(torch.equal(layer.keys, before) for layer, before in zip(stopped.cache.layers, kept))
+    engine.extend(stopped)
+    finish_step(engine, stopped)
+    whole = dataclasses.replace(settings, length=len(stopped.options[0].tokens))
+    assert [o.tokens for o in stopped.options] == [o.tokens for o in run(engine, "The weather today is",
+                                                                           whole)[0].options]
 
 
 def test_scoring_a_longer_text_reads_only_its_new_tokens_and_scores_the_same(engine):
@@ -476,3 +515,21 @@ def test_scoring_after_the_end_was_deleted_reuses_what_is_left(engine):
     assert [t["rank"] for t in shorter["tokens"]] == [t["rank"] for t in fresh["tokens"]]
     longer, _ = engine.score(text, kept)  # and it goes on from the cut-back cache
     assert longer["perplexity"] == pytest.approx(engine.score(text)[0]["perplexity"], rel=1e-4)
+
+
+def test_when_the_stacks_columns_run_out_the_ones_in_use_move_to_its_front(engine, monkeypatch):
+    monkeypatch.setattr(kvcache, "SPARE_POSITIONS", 16)
+    texts = ["My favourite recipe for a cold winter evening needs a few things from the market", "Dear diary,"]
+    settings = [dataclasses.replace(GREEDY, n=1, length=4), dataclasses.replace(GREEDY, n=2, length=30)]
+    alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
+    long_one, short_one = (engine.start(text, s)[0] for text, s in zip(texts, settings))
+    engine.step_many([long_one, short_one])
+    buffer, moved = engine._stack.keys[0], False
+    while not short_one.finished:  # the long prompt has left: the free columns before the short one are reused
+        engine.step_many([g for g in (long_one, short_one) if not g.finished])
+        stack = engine._stack
+        moved = moved or (stack is not None and stack.keys[0] is buffer and stack.begin == 0
+                          and len(stack.members) == 1)
+    assert moved, "in place, in the same memory"
+    assert engine._stack is None
+    assert [[o.tokens for o in g.options] for g in (long_one, short_one)] == alone

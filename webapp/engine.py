@@ -147,7 +147,7 @@ class Engine:
         start = self.tokenizer.get_vocab().get("<|endoftext|>", self.tokenizer.bos_token_id)
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
-        self._stack = None  # the last batched step's stacked cache, reused while the same generations step on
+        self._stack = None  # the batched steps' kvcache.Stack, kept while anyone in it writes on
 
     # ---- the narrow interface -------------------------------------------------------
 
@@ -197,40 +197,34 @@ class Engine:
     def _step_sampled(self, generations):
         """One forward pass for every live option of every generation (clients batched); deltas per generation.
 
-        The generations' caches have different lengths: they are left-padded (masked) to the
-        longest, stacked, and cut back apart after the pass.
+        The generations' caches live in one kvcache.Stack, left-padded (masked) to the
+        longest; it is kept from step to step, and requests join and leave it in place.
         """
         for generation in generations:
             if generation.cache is None:
                 self._rebuild_cache(generation)
-        if len(generations) == 1:
+        if len(generations) == 1 and self._stack is None:
             return [self._step_alone(generations[0])]
-        lengths = [generation.mask.shape[1] for generation in generations]
-        longest = max(lengths)
-        lives = [self._live(g) for g in generations]
-        feed = torch.cat([self._feed(g) for g in generations])
-        mask = torch.cat([torch.nn.functional.pad(g.mask, (longest - n, 0)) for g, n in zip(generations, lengths)])
+        stack = self._stack = kvcache.Stack.holding(self._stack, generations)
+        batch = stack.holders  # the generations in the stack's row order
+        lives = [self._live(g) for g in batch]
+        feed = torch.cat([self._feed(g) for g in batch])
+        mask = torch.cat([torch.nn.functional.pad(g.mask, (stack.width - g.mask.shape[1], 0)) for g in batch])
         mask = torch.cat([mask, torch.cat(lives).long()[:, None]], dim=1)
-        positions = torch.cat([g.positions for g in generations])
-        # the same generations as last step, their caches untouched: the stack already holds them all
-        merged = self._stack.cache if self._stack and self._stack.holds(generations) else \
-            kvcache.merge_caches([g.cache for g in generations], [longest - n for n in lengths])
-        self._stack = None
-        out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=merged,
+        positions = torch.cat([g.positions for g in batch])
+        out = self.model(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=stack.cache(),
                          use_cache=True)
-        deltas, row, cuts = [], 0, []
-        for generation, length, live in zip(generations, lengths, lives):
-            rows = slice(row, row + len(generation.options))
-            row = rows.stop
+        stack.advance()
+        deltas = {}
+        for generation, live in zip(batch, lives):
             self._advance(generation, live)
-            deltas.append(self._sample(generation, out.logits[rows, -1, :]))
-            # a generation that goes on keeps views into the stack (the next step writes on in it);
+            deltas[id(generation)] = self._sample(generation, out.logits[stack.rows_of(generation), -1, :])
+            # one that goes on keeps views into the stack (the next step writes on in it);
             # one that ended gets its own compact copy, to be kept for extend or dropped
-            generation.cache = kvcache.cut_cache(out.cache, rows, longest - length, separate=generation.finished)
-            cuts.append(generation.cache)
-        if not any(generation.finished for generation in generations):
-            self._stack = kvcache.Stack(out.cache, list(generations), cuts)
-        return deltas
+            generation.cache = stack.cut(generation, separate=generation.finished)
+        if all(generation.finished for generation in batch):
+            self._stack = None  # everyone has their own copy: the stack's memory goes
+        return [deltas[id(generation)] for generation in generations]
 
     def _live(self, generation):
         return torch.tensor([o.finish is None for o in generation.options], device=self.device)
@@ -407,6 +401,8 @@ class Engine:
             if option.finish is None:
                 option.finish = "cancelled"
         kvcache.compact(generation.cache)  # let go of the batch it was stacked in
+        if self._stack is not None and not any(member.in_place() for member in self._stack.members):
+            self._stack = None  # nobody writes in it any more: its memory goes
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""

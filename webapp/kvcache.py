@@ -1,9 +1,9 @@
 """KV caches for the engine: layers that grow in place, several generations stacked in one batch, and cut apart.
 
 transformers' DynamicLayer concatenates at every step, copying the whole cache. These
-layers keep spare room instead, and a stack of several clients' caches is kept while the
-same clients step on together. The engine only calls the functions here; none of them
-knows about options, sampling or text.
+layers keep spare room instead, and several clients' caches live in one Stack that
+requests join and leave between steps without copying the others. The engine only
+calls what is here; none of it knows about options, sampling or text.
 """
 import copy
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from transformers.cache_utils import DynamicLayer
 
 SPARE_POSITIONS = 64  # room a growing cache layer keeps for the next steps' keys and values
+SPARE_ROWS = 8  # at least this many free rows in a new Stack, for the next requests to join without a copy
 
 
 def cache_bytes(cache):
@@ -26,45 +27,6 @@ def shallow_copy(cache):
     twin = copy.copy(cache)
     twin.layers = [copy.copy(layer) for layer in cache.layers]
     return twin
-
-
-@dataclass
-class Stack:
-    """Several generations' caches stacked in one batch (with spare room), and the views each generation was given."""
-
-    cache: object
-    members: list
-    cuts: list
-
-    def holds(self, generations):
-        """True when exactly these generations step again, in this order, each with the views it was given."""
-        storage = self.cache.layers[0].keys.untyped_storage().data_ptr()
-        return (len(generations) == len(self.members)
-                and all(g is member and g.cache is cut and cut.layers[0].keys.untyped_storage().data_ptr() == storage
-                        for g, member, cut in zip(generations, self.members, self.cuts)))
-
-
-def merge_caches(caches, pads):
-    """Caches to be stacked along the batch, each left-padded by its entry in `pads` (the mask hides the padding).
-
-    The stacking happens inside the forward pass, together with the new token's keys and
-    values, so that each step copies the caches once rather than twice.
-    """
-    merged = shallow_copy(caches[0])
-    merged.layers = [StackingLayer(index, caches, pads) for index in range(len(caches[0].layers))]
-    return merged
-
-
-def cut_cache(merged, rows, pad, separate):
-    """One generation's cache back out of a stacked one: its rows without its left padding (views unless `separate`)."""
-    own = shallow_copy(merged)
-    own.layers = []
-    for stacked in merged.layers:
-        layer = copy.copy(stacked.template)  # an ordinary layer of the model's own kind
-        layer.keys = stacked.keys[rows, :, pad:, :]
-        layer.values = stacked.values[rows, :, pad:, :]
-        own.layers.append(layer)
-    return compact(own) if separate else own
 
 
 def compact(cache):
@@ -150,43 +112,179 @@ def _own(tensor):
     return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
 
 
-class StackingLayer(GrowingLayer):
-    """One layer of several generations' caches, stacked (left-padded) when the forward pass appends to it.
+@dataclass
+class Member:
+    """A holder (anything with a `cache`) in a Stack: its rows, its length, and the view it was last given."""
 
-    The stack keeps spare room: while the same generations go on stepping together, later
-    steps write into it in place (as GrowingLayer does) instead of stacking again.
+    holder: object
+    first: int  # its first row
+    rows: int
+    length: int  # its cached positions; they end at the stack's `end`
+    view: object = None  # layer 0's keys as cut for it: if the holder's cache still has them, it is still in place
+
+    def in_place(self):
+        cache = self.holder.cache
+        return cache is not None and self.view is not None and cache.layers[0].keys is self.view
+
+
+class Stack:
+    """Several holders' caches in one batch that lives from step to step: [rows, heads, columns, dim] per layer.
+
+    Every row ends at the same column (`end`), where the next step writes; a shorter cache
+    is left-padded with zeros (the attention mask hides them). A newcomer's rows are copied
+    in after the others; a leaver's rows are filled by moving up the rows after it. Only
+    when rows or columns run out is memory allocated again: fresh memory is slow on a CPU
+    (the first write to each page faults), and copying every client's cache whenever one
+    joined cost 1 s a step with thirty clients.
     """
 
-    def __init__(self, index, caches, pads):
-        super().__init__()
-        self.template = caches[0].layers[index]
-        self.parts = [(cache.layers[index].keys, cache.layers[index].values, pad) for cache, pad in zip(caches, pads)]
-        self.length = pads[0] + self.parts[0][0].shape[-2]  # the longest cache, which has no padding
-        self.device = self.parts[0][0].device
-        self.is_initialized = True
-        self.buffers = None
+    def __init__(self, like, rows, columns):
+        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`."""
+        self.template = shallow_copy(like)
+        self.template.layers = [_blank(layer) for layer in like.layers]
+        self.keys = [_buffer(layer.keys, rows, columns) for layer in like.layers]
+        self.values = [_buffer(layer.values, rows, columns) for layer in like.layers]
+        self.begin = self.end = 0  # the columns in use: where the longest member starts, where every member ends
+        self.members = []
 
-    def get_seq_length(self):
-        return self.length if self.keys is None else self.keys.shape[-2]
+    @classmethod
+    def holding(cls, stack, holders):
+        """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it."""
+        members = stack.members if stack is not None else []
+        staying = [m for m in members if m.in_place() and any(m.holder is h for h in holders)]
+        for member in members:
+            if member not in staying and member.in_place():
+                compact(member.holder.cache)  # it leaves with its own copy: its rows are about to be reused
+        joining = [h for h in holders if not any(m.holder is h for m in staying)]
+        rows = sum(_rows(h.cache) for h in holders)
+        end = max(([stack.end] if staying else []) + [_length(h.cache) for h in joining])
+        if staying and end == stack.end and stack._could_use_its_front(rows):
+            stack._move_to_front()  # the columns ran out, but those before the longest member are free
+            end = stack.end
+        if stack is None or not stack._has_room(rows, end) or (staying and end > stack.end):
+            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS)
+            staying, joining = [], list(holders)
+        stack._arrange(staying, joining, end)
+        return stack
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        """Write every part and the new states into one buffer; padding is zeroed (0 weight × garbage is NaN)."""
-        if self.parts is None:  # stacked already: write on in the spare room
-            return super().update(key_states, value_states)
-        batch, heads, new, width = key_states.shape
-        keys = key_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, width))
-        values = value_states.new_empty((batch, heads, self.length + new + SPARE_POSITIONS, value_states.shape[-1]))
+    @property
+    def holders(self):
+        """The holders in row order (the order of the batch)."""
+        return [member.holder for member in self.members]
+
+    @property
+    def width(self):
+        """Columns the batch attends over (the longest member's length)."""
+        return self.end - self.begin
+
+    def rows_of(self, holder):
+        """The batch rows of `holder`."""
+        member = self._member(holder)
+        return slice(member.first, member.first + member.rows)
+
+    def cache(self):
+        """A Cache over the rows and columns in use; the forward pass writes the step's keys and values in place."""
+        rows = sum(member.rows for member in self.members)
+        merged = shallow_copy(self.template)
+        merged.layers = []
+        for template, keys, values in zip(self.template.layers, self.keys, self.values):
+            layer = GrowingLayer.adopt(template)
+            layer.buffers = (keys[:rows, :, self.begin:], values[:rows, :, self.begin:])
+            layer.keys, layer.values = (buffer[:, :, :self.width] for buffer in layer.buffers)
+            merged.layers.append(layer)
+        return merged
+
+    def advance(self):
+        """Record that the forward pass wrote one more position for every row."""
+        self.end += 1
+        for member in self.members:
+            member.length += 1
+
+    def cut(self, holder, separate=False):
+        """`holder`'s own cache back out of the batch: views into it, or a copy of its own when `separate`."""
+        member = self._member(holder)
+        rows, start = self.rows_of(holder), self.end - member.length
+        own = shallow_copy(self.template)
+        own.layers = []
+        for template, keys, values in zip(self.template.layers, self.keys, self.values):
+            layer = GrowingLayer.adopt(template)
+            layer.keys, layer.values = keys[rows, :, start:self.end], values[rows, :, start:self.end]
+            own.layers.append(layer)
+        member.view = None if separate else own.layers[0].keys
+        return compact(own) if separate else own
+
+    def _member(self, holder):
+        return next(member for member in self.members if member.holder is holder)
+
+    def _has_room(self, rows, end):
+        return rows <= self.keys[0].shape[0] and end + 1 <= self.keys[0].shape[2]  # + 1: the coming step's column
+
+    def _could_use_its_front(self, rows):
+        return (rows <= self.keys[0].shape[0] and self.end + 1 > self.keys[0].shape[2]
+                and self.begin >= SPARE_POSITIONS // 4)
+
+    def _move_to_front(self):
+        """Move the columns in use to the front of the buffers, in place (fresh memory would cost more).
+
+        Chunks no wider than `begin` are moved left to right, so that none overwrites
+        columns still to be read.
+        """
+        used = sum(member.rows for member in self.members)
+        for start in range(self.begin, self.end, self.begin):
+            stop = min(start + self.begin, self.end)
+            for buffer in self.keys + self.values:
+                buffer[:used, :, start - self.begin:stop - self.begin] = buffer[:used, :, start:stop]
+        self.begin, self.end = 0, self.end - self.begin
+
+    def _arrange(self, staying, joining, end):
+        """Move the staying members' rows up over the gaps, copy the newcomers in after them, zero new padding."""
+        lengths = [m.length for m in staying] + [_length(h.cache) for h in joining]
+        begin = end - max(lengths)
+        used = sum(m.rows for m in self.members)
+        if staying and begin < self.begin:  # columns that were no one's are now padding for those already here
+            for buffer in self.keys + self.values:
+                buffer[:used, :, begin:self.begin].zero_()
         row = 0
-        for part_keys, part_values, pad in self.parts:
-            rows = slice(row, row + part_keys.shape[0])
-            row = rows.stop
-            keys[rows, :, :pad].zero_()
-            values[rows, :, :pad].zero_()
-            keys[rows, :, pad:self.length] = part_keys
-            values[rows, :, pad:self.length] = part_values
-        end = self.length + new
-        keys[:, :, self.length:end] = key_states
-        values[:, :, self.length:end] = value_states
-        self.buffers = (keys, values)
-        self.keys, self.values, self.parts = keys[:, :, :end], values[:, :, :end], None
-        return self.keys, self.values
+        for member in staying:
+            if member.first != row:  # someone before it left: move its rows (through a copy where they overlap)
+                for buffer in self.keys + self.values:
+                    source = buffer[member.first:member.first + member.rows, :, begin:end]
+                    overlapping = member.first < row + member.rows
+                    buffer[row:row + member.rows, :, begin:end] = source.clone() if overlapping else source
+                member.first = row
+            row += member.rows
+        self.members = list(staying)
+        for holder in joining:
+            self.members.append(self._copy_in(holder, row, begin, end))
+            row += self.members[-1].rows
+        self.begin, self.end = begin, end
+
+    def _copy_in(self, holder, row, begin, end):
+        """Copy a holder's cache into rows from `row`, ending at column `end`, zeros before it."""
+        cache = holder.cache
+        rows, length = _rows(cache), _length(cache)
+        for layer, keys, values in zip(cache.layers, self.keys, self.values):
+            for buffer, states in ((keys, layer.keys), (values, layer.values)):
+                buffer[row:row + rows, :, begin:end - length].zero_()  # 0 weight x garbage would be NaN
+                buffer[row:row + rows, :, end - length:end] = states
+        return Member(holder, row, rows, length)
+
+
+def _blank(layer):
+    """A layer of `layer`'s kind holding nothing, to be given views later."""
+    blank = GrowingLayer.adopt(layer)
+    blank.keys = blank.values = None
+    return blank
+
+
+def _buffer(states, rows, columns):
+    batch, heads, _, width = states.shape
+    return states.new_empty((rows, heads, columns, width))
+
+
+def _rows(cache):
+    return cache.layers[0].keys.shape[0]
+
+
+def _length(cache):
+    return cache.layers[0].keys.shape[-2]
