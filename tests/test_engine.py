@@ -157,9 +157,10 @@ def test_cancel_stops_where_it_is_and_extend_resumes(engine):
     engine.step(generation)
     engine.cancel(generation)
     assert generation.finishes() == ["cancelled"]
+    written = len(generation.options[0].tokens)
     engine.extend(generation, {"length": 3})
     finish_step(engine, generation)
-    assert len(generation.options[0].tokens) == 5
+    assert len(generation.options[0].tokens) == written + 3
 
 
 def test_the_time_budget_counts_writing_not_reading(engine):
@@ -197,14 +198,19 @@ def test_a_growing_document_reads_only_what_is_new_and_writes_the_same(engine, b
         reused_at_least = len(second.prompt_ids) - 1
     assert second.reused >= reused_at_least and fresh.reused == 0
     assert second.reused < len(second.prompt_ids), "the last prompt token is always read, for its logits"
-    assert second.prefix.ids == second.prompt_ids
-    assert second.prefix.cache.get_seq_length() == len(second.prompt_ids)
+    assert second.prefix.ids == read_ids(second)
+    assert second.prefix.cache.get_seq_length() == len(read_ids(second))
+
+
+def read_ids(generation):
+    """What the model read of the text: the prompt, and the token healing handed back (read one position ahead)."""
+    return generation.prompt_ids + ([generation.healed_id] if generation.healed_id is not None else [])
 
 
 def test_the_kept_prefix_is_not_changed_by_writing_the_options(engine):
     _, generation = run_with(engine, "Once upon a time", dataclasses.replace(GREEDY, n=3), None)
     assert generation.prefix.cache.layers[0].keys.shape[0] == 1, "the options' copies are separate"
-    assert generation.prefix.cache.get_seq_length() == len(generation.prompt_ids)
+    assert generation.prefix.cache.get_seq_length() == len(read_ids(generation))
 
 
 def test_priming_in_chunks_then_tab_reads_only_the_last_token(engine):
@@ -533,3 +539,26 @@ def test_when_the_stacks_columns_run_out_the_ones_in_use_move_to_its_front(engin
     assert moved, "in place, in the same memory"
     assert engine._stack is None
     assert [[o.tokens for o in g.options] for g in (long_one, short_one)] == alone
+
+
+def test_a_healed_token_re_spelled_as_it_was_is_read_ahead_and_words_come_at_once(engine):
+    generation, deltas = engine.start("Once upon a time there was a", dataclasses.replace(GREEDY, n=2))
+    assert generation.healed == " a"
+    assert all(o.tokens[0] == generation.healed_id and len(o.tokens) == 2 for o in generation.options)
+    assert all(delta.strip() for delta in deltas), "visible words from the prompt's own pass"
+    assert generation.cache.get_seq_length() == len(generation.prompt_ids) + 1, "the read-ahead token is kept"
+    finish_step(engine, generation)
+    prompt = torch.tensor([generation.prompt_ids + generation.options[0].tokens[:1]])
+    expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert generation.options[0].tokens[1:] == expected[0, prompt.shape[1]:].tolist()
+
+
+def test_a_healed_token_spelled_differently_replaces_the_read_ahead_one(engine):
+    generation, deltas = engine.start("I love to play foot", GREEDY)
+    first = generation.options[0].tokens[0]
+    assert generation.healed == " foot" and first != generation.healed_id and deltas == ["ball"], "a longer word"
+    assert generation.cache.get_seq_length() == len(generation.prompt_ids), "the read-ahead position is gone"
+    finish_step(engine, generation)
+    prompt = torch.tensor([generation.prompt_ids + [first]])
+    expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert generation.options[0].tokens[1:] == expected[0, prompt.shape[1]:].tolist()

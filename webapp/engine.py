@@ -84,6 +84,7 @@ class Generation(_HoldsCache):
     stop: StepStop | None = None  # set when writing starts, after the prompt has been read
     truncated: int = 0  # prompt tokens dropped from the left to fit the context window
     healed: str = ""  # prompt text that was handed back to the model to re-spell
+    healed_id: int | None = None  # the prompt's last token, when it was handed back
     cache: object = None  # transformers Cache holding prompt + fed tokens, batch = options
     mask: torch.Tensor | None = None  # [n, cache length] 1 where a cached position is real
     positions: torch.Tensor | None = None  # [n] position id of each option's next fed token
@@ -158,26 +159,52 @@ class Engine:
         `prefix` (the Prefix of this client's previous prompt) lets the prompt's common
         beginning be taken from its cache instead of read again; it is used up. The new
         prompt's own Prefix is left in `generation.prefix` for the caller to keep.
+
+        With token healing the removed last token is read too, one position ahead: when
+        every option re-spells it as it was (the usual case), its keys and values are
+        already in the cache and the options' next tokens are sampled at once, so the first
+        visible words come without waiting a decoding step.
         """
         generation = self.prepare(text, settings)
         if settings.mode == BEAM:  # beam search reads the prompt inside generate(); the tab's Prefix stays as it was
             generation.prefix = prefix
             return generation, self._write_beams(generation)
-        prompt = torch.tensor([generation.prompt_ids], device=self.device)
+        ahead = [generation.healed_id] if generation.healed_id is not None else []
+        read = generation.prompt_ids + ahead
         cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
-        # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last position only
-        out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True, logits_to_keep=1)
-        generation.prefix = Prefix(list(generation.prompt_ids), kvcache.growing(out.cache))
+        prompt = torch.tensor([read], device=self.device)
+        # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last
+        # position, and with healing for the one before it (which chooses the re-spelled token)
+        out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True,
+                         logits_to_keep=1 + len(ahead))
+        generation.prefix = Prefix(list(read), kvcache.growing(out.cache))
         cache = kvcache.shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
         # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
         cache.batch_repeat_interleave(settings.n)
         generation.cache = kvcache.growing(cache)
-        generation.mask = torch.ones((settings.n, prompt.shape[1]), dtype=torch.long, device=self.device)
-        generation.positions = torch.full((settings.n,), prompt.shape[1], dtype=torch.long, device=self.device)
-        logits = out.logits[:, -1, :].expand(settings.n, -1)
+        generation.mask = torch.ones((settings.n, len(read)), dtype=torch.long, device=self.device)
+        generation.positions = torch.full((settings.n,), len(generation.prompt_ids), dtype=torch.long,
+                                          device=self.device)
         # the time budget is for writing: a long prompt on a slow CPU must not use it all up
         generation.stop = self._stop_rule(settings)
-        return generation, self._sample(generation, logits)
+        deltas = self._sample(generation, out.logits[:, 0, :].expand(settings.n, -1))
+        if not ahead:
+            return generation, deltas
+        if all(o.finish is not None or o.tokens[-1] == generation.healed_id for o in generation.options):
+            self._advance_cached(generation)
+            later = self._sample(generation, out.logits[:, 1, :].expand(settings.n, -1))
+            return generation, [first + then for first, then in zip(deltas, later)]
+        # an option spelled it differently: the read-ahead position goes, every option feeds its own choice
+        generation.cache.crop(-1)
+        generation.mask = generation.mask[:, :-1]
+        return generation, deltas
+
+    def _advance_cached(self, generation):
+        """Every live option's pending token is the one already read ahead: it is in the cache."""
+        generation.positions += 1
+        for option in generation.options:
+            if option.finish is None:
+                option.pending = None
 
     def step(self, generation):
         """Feed every live option its last token and sample the next one."""
@@ -433,7 +460,8 @@ class Engine:
                    for _ in range(settings.n)]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
-        return Generation(settings, kept, options, generator, truncated=truncated, healed=healed)
+        return Generation(settings, kept, options, generator, truncated=truncated, healed=healed,
+                          healed_id=ids[-1] if healed_piece else None)
 
     def _heal(self, ids):
         kept, piece = self.healer.split_prompt(ids)
