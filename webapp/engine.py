@@ -178,10 +178,9 @@ class Engine:
         out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True,
                          logits_to_keep=1 + len(ahead))
         generation.prefix = Prefix(list(read), kvcache.growing(out.cache))
-        cache = kvcache.shallow_copy(out.cache)  # the repeat below makes new tensors: the Prefix keeps the originals
-        # share the prompt's keys/values: [1, heads, P, d] -> [n, heads, P, d]
-        cache.batch_repeat_interleave(settings.n)
-        generation.cache = kvcache.growing(cache)
+        # every option sees the prompt's keys and values, [1, heads, P, d] as [n, heads, P, d], without a copy yet:
+        # the first step that writes copies them (after the first words have gone out); the Prefix keeps its own
+        generation.cache = kvcache.growing(kvcache.as_rows(out.cache, settings.n))
         generation.mask = torch.ones((settings.n, len(read)), dtype=torch.long, device=self.device)
         generation.positions = torch.full((settings.n,), len(generation.prompt_ids), dtype=torch.long,
                                           device=self.device)

@@ -29,6 +29,20 @@ def shallow_copy(cache):
     return twin
 
 
+def as_rows(cache, rows):
+    """A second Cache showing a batch-of-one cache's keys and values as `rows` rows, without copying them.
+
+    Its layers own no buffers, so they never write into the original: the first step
+    copies the rows into buffers of their own, and a Stack copies them in when they join.
+    """
+    shown = shallow_copy(cache)
+    shown.layers = [GrowingLayer.adopt(layer) for layer in cache.layers]
+    for layer in shown.layers:
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+    return shown
+
+
 def compact(cache):
     """The cache with its own memory: views into a stacked batch or a growing buffer become copies."""
     if cache is not None:
