@@ -110,10 +110,7 @@ def measure_socket(url, texts, n, length, primed=False):
         request_id = f"bench-{i}"
         settings = {"n": n, "length": length, "stop_at": "length", "seed": i}
         if primed:  # the writer paused: the server reads the text, then TAB comes
-            client.emit("prime", {"id": f"prime-{i}", "text": text, "settings": settings})
-            with arrived:
-                arrived.wait_for(lambda rid=f"prime-{i}": any(e == "primed" and d["id"] == rid
-                                                              for _, e, d in events), 120)
+            prime(client, events, arrived, f"prime-{i}", text, settings)
             events.clear()
         sent = time.perf_counter()
         client.emit("suggest", {"id": request_id, "text": text, "settings": settings})
@@ -121,7 +118,7 @@ def measure_socket(url, texts, n, length, primed=False):
             arrived.wait_for(lambda rid=request_id: any(e == "done" and d["id"] == rid for _, e, d in events), 120)
         deltas = [t for t, e, d in events if e == "delta"]
         done_at, done = next((t, d) for t, e, d in events if e == "done")
-        new_tokens = done["stats"]["steps"] * n
+        new_tokens = done["stats"]["new_tokens"]
         rows.append({
             "first_delta_ms": (deltas[0] - sent) * 1000,
             "complete_ms": (done_at - sent) * 1000,
@@ -130,6 +127,13 @@ def measure_socket(url, texts, n, length, primed=False):
         })
     client.disconnect()
     return rows
+
+
+def prime(client, events, arrived, request_id, text, settings, timeout=120):
+    """Send the text as a pause in typing would, and wait until the server has read it."""
+    client.emit("prime", {"id": request_id, "text": text, "settings": settings})
+    with arrived:
+        arrived.wait_for(lambda: any(e == "primed" and d["id"] == request_id for _, e, d in events), timeout)
 
 
 def measure_baseline(loaded, texts, n, length):

@@ -562,3 +562,42 @@ def test_a_healed_token_spelled_differently_replaces_the_read_ahead_one(engine):
     prompt = torch.tensor([generation.prompt_ids + [first]])
     expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
     assert generation.options[0].tokens[1:] == expected[0, prompt.shape[1]:].tolist()
+
+
+def test_prompts_read_together_write_what_each_writes_alone_and_keep_the_same_caches(engine):
+    earlier = "The history of the old town begins"
+    texts = [earlier + " with a bridge over the river", "I love to play foot", "Once", "Dear diary, today I",
+             "The weather today is"]
+    settings = [dataclasses.replace(GREEDY, n=n, length=6) for n in (2, 1, 1, 3, 2)]
+    beam = ("Hello there", SamplingSettings(n=1, mode="beam", beams=2, length=4), None)
+
+    def requests():  # the first reuses its tab's earlier prompt; the others read from scratch
+        prefix = engine.start(earlier, GREEDY)[0].prefix
+        return [(texts[0], settings[0], prefix)] + [(t, s, None) for t, s in zip(texts[1:], settings[1:])] + [beam]
+
+    alone = [engine.start(*request) for request in requests()]
+    together = engine.start_many(requests())
+    assert [g.reused for g, _ in together] == [g.reused for g, _ in alone] and together[0][0].reused > 0
+    assert [deltas for _, deltas in together] == [deltas for _, deltas in alone]
+    for (mine, _), (reference, _) in zip(together[:-1], alone[:-1]):
+        assert mine.prefix.ids == reference.prefix.ids
+        assert mine.cache.get_seq_length() == reference.cache.get_seq_length() == mine.mask.shape[1]
+        for layer, expected in zip(mine.prefix.cache.layers, reference.prefix.cache.layers):
+            assert torch.allclose(layer.keys, expected.keys, atol=1e-4)
+            assert torch.allclose(layer.values, expected.values, atol=1e-4)
+    generations = [g for g, _ in together]
+    while not all(g.finished for g in generations):
+        engine.step_many([g for g in generations if not g.finished])
+    for g, _ in alone:
+        finish_step(engine, g)
+    assert [g.texts() for g in generations] == [g.texts() for g, _ in alone]
+
+
+def test_unread_counts_what_a_start_would_read(engine):
+    text = "The history of the old town begins with a bridge"
+    assert engine.unread(text, GREEDY) == len(engine.start(text, GREEDY)[0].prefix.ids)
+    prefix = engine.start(text, GREEDY)[0].prefix
+    longer = text + " over the river"
+    counted = engine.unread(longer, GREEDY, prefix)
+    generation = engine.start(longer, GREEDY, prefix)[0]
+    assert generation.reused > 0 and counted == len(generation.prefix.ids) - generation.reused

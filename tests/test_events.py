@@ -311,6 +311,34 @@ def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
     assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]
 
 
+def test_new_requests_that_read_little_are_read_in_one_pass(embedded_app):
+    engine = embedded_app.extensions["tabwrite"].scheduler.engine
+    passes = []
+    real_start_many = engine.start_many
+
+    def recording_start_many(requests):  # the real engine runs; the test only counts
+        passes.append(len(requests))
+        return real_start_many(requests)
+
+    engine.start_many = recording_start_many
+    settings = {**GREEDY, "length": 4, "n": 2}
+    try:
+        long_reader, *clients = [connect(embedded_app) for _ in range(4)]
+        long_text = "The tide came in over the sand and the children ran back to the dunes. " * 40  # ~650 tokens
+        long_reader.emit("suggest", {"id": "long", "text": long_text, "settings": settings})
+        texts = ["The ship left the harbour", "Our school garden grows", "On Mars, the"]
+        for i, (client, text) in enumerate(zip(clients, texts)):  # they arrive while the long text is read
+            client.emit("suggest", {"id": f"r{i}", "text": text, "settings": settings})
+        results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
+        wait_for(long_reader, "long")
+    finally:
+        del engine.start_many
+    assert passes[0] == 1 and 3 in passes, f"the three short prompts were read together: {passes}"
+    alone = connect(embedded_app)
+    alone.emit("suggest", {"id": "a", "text": texts[2], "settings": settings})
+    assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[2]["options"]
+
+
 def test_score_answers_with_the_documents_perplexity(embedded_app):
     client = connect(embedded_app)
     client.emit("score", {"id": "sc", "text": "Once upon a time there was a princess."})

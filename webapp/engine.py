@@ -109,16 +109,27 @@ class Generation(_HoldsCache):
         return [_likelihood(option.mean_logprob()) for option in self.options]
 
 
-def _keep_common_start(cached_ids, cache, ids):
-    """How many of `ids` begin as `cached_ids` do, and `cache` (one position per cached id) cut back to them.
-
-    Returns (None, 0) when they share nothing.
-    """
+def _common_length(cached_ids, ids):
+    """How many of `ids` begin as `cached_ids` do."""
     common = 0
     for old, new in zip(cached_ids, ids):
         if old != new:
             break
         common += 1
+    return common
+
+
+def _read_ids(generation):
+    """What the model reads of a generation's text: the prompt, and the token healing handed back (read ahead)."""
+    return generation.prompt_ids + ([generation.healed_id] if generation.healed_id is not None else [])
+
+
+def _keep_common_start(cached_ids, cache, ids):
+    """How many of `ids` begin as `cached_ids` do, and `cache` (one position per cached id) cut back to them.
+
+    Returns (None, 0) when they share nothing.
+    """
+    common = _common_length(cached_ids, ids)
     if common == 0:
         return None, 0
     if common < len(cached_ids):
@@ -165,38 +176,91 @@ class Engine:
         already in the cache and the options' next tokens are sampled at once, so the first
         visible words come without waiting a decoding step.
         """
+        return self.start_many([(text, settings, prefix)])[0]
+
+    @torch.inference_mode()
+    def start_many(self, requests):
+        """`start` for several (text, settings, prefix) at once: one forward pass reads every prompt's unread part.
+
+        Returns (generation, deltas) per request. Reading a few new tokens costs about as
+        much as a decoding step (the weights are read either way), so requests that each
+        read little are best read together. Beam search reads its prompt on its own.
+        """
+        generations = [self.prepare(text, settings) for text, settings, _ in requests]
+        reading = [(generation, prefix) for generation, (_, _, prefix) in zip(generations, requests)
+                   if generation.settings.mode != BEAM]
+        read = iter(self._read_prompts(reading) if reading else [])
+        started = []
+        for generation, (_, settings, prefix) in zip(generations, requests):
+            if settings.mode == BEAM:  # generate() reads the prompt itself; the tab's Prefix stays as it was
+                generation.prefix = prefix
+                started.append((generation, self._write_beams(generation)))
+            else:
+                started.append((generation, self._begin(generation, *next(read))))
+        return started
+
+    def unread(self, text, settings, prefix=None):
+        """How many tokens `start` would read for `text` (what `prefix` does not hold already); no model work."""
         generation = self.prepare(text, settings)
-        if settings.mode == BEAM:  # beam search reads the prompt inside generate(); the tab's Prefix stays as it was
-            generation.prefix = prefix
-            return generation, self._write_beams(generation)
-        ahead = [generation.healed_id] if generation.healed_id is not None else []
-        read = generation.prompt_ids + ahead
-        cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
-        prompt = torch.tensor([read], device=self.device)
-        # prefill: one pass over the prompt (or its new end), batch of 1; vocabulary logits for the last
-        # position, and with healing for the one before it (which chooses the re-spelled token)
-        out = self.model(input_ids=prompt[:, generation.reused:], cache=cache, use_cache=True,
-                         logits_to_keep=1 + len(ahead))
-        generation.prefix = Prefix(list(read), kvcache.growing(out.cache))
+        held = _common_length(prefix.ids, generation.prompt_ids[:-1]) if prefix is not None else 0
+        return len(_read_ids(generation)) - held
+
+    def _read_prompts(self, items):
+        """Per (generation, prefix): its whole prompt's cache (batch of one) and its last two positions' logits.
+
+        One prompt is read as it is. Several are read in one pass: their caches stacked,
+        left-padded to the longest, and their unread tokens after them, left-padded too
+        (the mask hides both paddings); each prompt's cache is then cut back out.
+        """
+        caches, unread = [], []
+        for generation, prefix in items:
+            cache, generation.reused = self._reusable(prefix, generation.prompt_ids)
+            caches.append(cache)
+            unread.append(_read_ids(generation)[generation.reused:])
+        if len(items) == 1:
+            out = self.model(input_ids=torch.tensor(unread, device=self.device), cache=caches[0], use_cache=True,
+                             logits_to_keep=2)
+            return [(out.cache, out.logits[0])]
+        held = [cache.get_seq_length() if cache is not None else 0 for cache in caches]
+        width, longest = max(held), max(len(ids) for ids in unread)
+        ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(items), width + longest), dtype=torch.long, device=self.device)
+        positions = torch.zeros_like(ids)
+        for row, (new, length) in enumerate(zip(unread, held)):
+            ids[row, longest - len(new):] = torch.tensor(new, device=self.device)
+            mask[row, width - length:width] = 1
+            mask[row, width + longest - len(new):] = 1
+            positions[row, longest - len(new):] = torch.arange(length, length + len(new), device=self.device)
+        stacked = kvcache.left_padded(caches, width) if width else None
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=stacked, use_cache=True,
+                         logits_to_keep=2)
+        return [(kvcache.row_of(out.cache, row, width - length, width, len(new)), out.logits[row])
+                for row, (new, length) in enumerate(zip(unread, held))]
+
+    def _begin(self, generation, cache, logits):
+        """Given its prompt's cache and last logits, set up a generation's options and sample their first tokens."""
+        settings, ahead = generation.settings, generation.healed_id is not None
+        generation.prefix = Prefix(_read_ids(generation), kvcache.growing(cache))
         # every option sees the prompt's keys and values, [1, heads, P, d] as [n, heads, P, d], without a copy yet:
         # the first step that writes copies them (after the first words have gone out); the Prefix keeps its own
-        generation.cache = kvcache.growing(kvcache.as_rows(out.cache, settings.n))
-        generation.mask = torch.ones((settings.n, len(read)), dtype=torch.long, device=self.device)
+        generation.cache = kvcache.growing(kvcache.as_rows(cache, settings.n))
+        generation.mask = torch.ones((settings.n, len(generation.prefix.ids)), dtype=torch.long, device=self.device)
         generation.positions = torch.full((settings.n,), len(generation.prompt_ids), dtype=torch.long,
                                           device=self.device)
         # the time budget is for writing: a long prompt on a slow CPU must not use it all up
         generation.stop = self._stop_rule(settings)
-        deltas = self._sample(generation, out.logits[:, 0, :].expand(settings.n, -1))
+        # the last logit follows the whole text; with healing, the one before it chooses the re-spelled token
+        deltas = self._sample(generation, logits[-1 - ahead].expand(settings.n, -1))
         if not ahead:
-            return generation, deltas
+            return deltas
         if all(o.finish is not None or o.tokens[-1] == generation.healed_id for o in generation.options):
             self._advance_cached(generation)
-            later = self._sample(generation, out.logits[:, 1, :].expand(settings.n, -1))
-            return generation, [first + then for first, then in zip(deltas, later)]
+            later = self._sample(generation, logits[-1].expand(settings.n, -1))
+            return [first + then for first, then in zip(deltas, later)]
         # an option spelled it differently: the read-ahead position goes, every option feeds its own choice
         generation.cache.crop(-1)
         generation.mask = generation.mask[:, :-1]
-        return generation, deltas
+        return deltas
 
     def _advance_cached(self, generation):
         """Every live option's pending token is the one already read ahead: it is in the cache."""

@@ -8,6 +8,7 @@ calls what is here; none of it knows about options, sampling or text.
 import copy
 from dataclasses import dataclass
 
+import torch
 from transformers.cache_utils import DynamicLayer
 
 SPARE_POSITIONS = 64  # room a growing cache layer keeps for the next steps' keys and values
@@ -41,6 +42,37 @@ def as_rows(cache, rows):
         layer.keys = layer.keys.expand(rows, -1, -1, -1)
         layer.values = layer.values.expand(rows, -1, -1, -1)
     return shown
+
+
+def left_padded(caches, width):
+    """Batch-of-one caches (None for an empty one) stacked into one, each left-padded with zeros to `width`."""
+    like = next(cache for cache in caches if cache is not None)
+    stacked = shallow_copy(like)
+    stacked.layers = []
+    for index, template in enumerate(like.layers):
+        layer = GrowingLayer.adopt(template)
+        layer.keys, layer.values = (_buffer(states, len(caches), width).zero_()  # 0 weight x garbage would be NaN
+                                    for states in (template.keys, template.values))
+        for row, cache in enumerate(caches):
+            if cache is not None:
+                own = cache.layers[index]
+                layer.keys[row, :, width - own.keys.shape[-2]:] = own.keys[0]
+                layer.values[row, :, width - own.values.shape[-2]:] = own.values[0]
+        stacked.layers.append(layer)
+    return stacked
+
+
+def row_of(cache, row, start, middle, new):
+    """One row's own cache (a batch of one) out of a batch read together: columns start..middle, then its `new` last."""
+    own = shallow_copy(cache)
+    own.layers = []
+    for layer in cache.layers:
+        part = GrowingLayer.adopt(layer)
+        part.keys, part.values = (torch.cat([states[row:row + 1, :, start:middle], states[row:row + 1, :, -new:]],
+                                             dim=-2) for states in (layer.keys, layer.values))
+        part.buffers = None
+        own.layers.append(part)
+    return own
 
 
 def compact(cache):

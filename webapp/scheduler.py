@@ -4,7 +4,7 @@ The scheduler is the only bridge between the socket handlers and the engine.
 Handlers only append commands to an inbox; one loop (a green thread under
 eventlet) applies them between model calls and runs every model call in a real
 OS thread through the Runner. Each turn reads new requests' prompts (for up to
-PREFILL_SLICE), then gives every other writing request of every client one more
+PREFILL_SLICE; several short ones in one pass), then gives every other writing request of every client one more
 token in a single forward pass; priming and scoring run only when no request
 waits. So no lock guards the model, cancelling is just dropping a task, and each
 client's events leave in order.
@@ -24,6 +24,10 @@ IDLE_WAIT = 1.0  # seconds the loop sleeps when there is nothing to do
 # Reading new prompts stops for a batched step once this much time is spent: a typed-on
 # document costs a few milliseconds (the tab's prompt cache), a fresh long one may take all.
 PREFILL_SLICE = 0.2
+# New requests that each read only a few tokens (a primed text, some words typed since the
+# last Tab) are read in one forward pass, up to this many tokens together: the pass costs
+# about what a decoding step does, however few tokens it reads.
+READ_TOGETHER_TOKENS = 256
 BUSY_RETRY_SECONDS = 3.0  # the retry hint sent with `busy`: about one request's time
 
 
@@ -143,16 +147,36 @@ class Scheduler:
                 self._run_model(self._step_call, writing)
 
     def _start_new_requests(self):
-        """Read new requests' prompts, oldest first, until PREFILL_SLICE is spent (at least one)."""
+        """Read new requests' prompts, oldest first, until PREFILL_SLICE is spent (at least one pass)."""
         began = time.monotonic()
         started = []
         while time.monotonic() - began < PREFILL_SLICE:
-            fresh = next((task for task in self.tasks if task.generation is None), None)
-            if fresh is None:
+            fresh = [task for task in self.tasks if task.generation is None]
+            if not fresh:
                 break
-            self._run_model(self._start_call, [fresh])
-            started.append(fresh)
+            together = self._read_together(fresh)
+            self._run_model(self._start_call, together)
+            started += together
         return started
+
+    def _read_together(self, fresh):
+        """The oldest new request, and after it the next ones whose reading fits READ_TOGETHER_TOKENS with it."""
+        together, total = [fresh[0]], self._unread(fresh[0])
+        for task in fresh[1:]:
+            if total >= READ_TOGETHER_TOKENS:
+                break
+            tokens = self._unread(task)
+            if total + tokens <= READ_TOGETHER_TOKENS:
+                together.append(task)
+                total += tokens
+        return together
+
+    def _unread(self, task):
+        """Tokens a new request's start would read; beam search counts as too many (it reads on its own)."""
+        settings = task.request.settings
+        if settings.mode == protocol.BEAM:
+            return READ_TOGETHER_TOKENS
+        return self.engine.unread(task.request.text, settings, self.prefixes.get(task.sid))
 
     def _run_model(self, call, tasks):
         """Run `call(tasks)` off the hub, send what each task got, and finish the tasks that are done."""
@@ -179,15 +203,17 @@ class Scheduler:
                 self.tasks.remove(task)
 
     def _start_call(self, tasks):
-        """Runs in an OS thread: read the prompt (from the tab's cache where it can) and sample first tokens."""
-        [task] = tasks
+        """Runs in an OS thread: read the prompts (from the tabs' caches where they can) and sample first tokens."""
         # only this thread touches `prefixes` while a model call runs: the loop waits for it
-        prefix = self.prefixes.pop(task.sid, None)
-        task.generation, deltas = self.engine.start(task.request.text, task.request.settings, prefix)
-        if task.generation.prefix is not None:
-            self._keep_prefix(task.sid, task.generation.prefix)
-        task.generation.prefix = None
-        return [deltas]
+        requests = [(task.request.text, task.request.settings, self.prefixes.pop(task.sid, None)) for task in tasks]
+        all_deltas = []
+        for task, (generation, deltas) in zip(tasks, self.engine.start_many(requests)):
+            task.generation = generation
+            if generation.prefix is not None:
+                self._keep_prefix(task.sid, generation.prefix)
+            generation.prefix = None
+            all_deltas.append(deltas)
+        return all_deltas
 
     def _step_call(self, tasks):
         """Runs in an OS thread: one more token for every live option of every task, in one pass."""
