@@ -601,3 +601,27 @@ def test_unread_counts_what_a_start_would_read(engine):
     counted = engine.unread(longer, GREEDY, prefix)
     generation = engine.start(longer, GREEDY, prefix)[0]
     assert generation.reused > 0 and counted == len(generation.prefix.ids) - generation.reused
+
+
+def test_options_that_spell_the_healed_token_differently_hide_the_read_ahead_position(engine, embedded):
+    text = "I love to play foot"
+    for seed in range(60):  # a seed whose options split: some re-spell " foot", some write a longer word
+        settings = SamplingSettings(n=4, temperature=1.5, top_k=0, top_p=1.0, length=6, stop_at="length", seed=seed)
+        generation, _ = engine.start(text, settings)
+        kept = [o.tokens[0] == generation.healed_id for o in generation.options]
+        if any(kept) and not all(kept):
+            break
+    else:
+        pytest.fail("no seed split the options")
+    assert [len(o.tokens) for o in generation.options] == [2 if k else 1 for k in kept], "kept ones wrote on at once"
+    finish_step(engine, generation)
+    # every option's visible cache positions hold exactly the keys and values of its own text
+    for row, option in enumerate(generation.options):
+        ids = generation.prompt_ids + option.tokens[:-1]
+        with torch.inference_mode():
+            direct = embedded.model(input_ids=torch.tensor([ids]), use_cache=True).cache
+        visible = generation.mask[row].nonzero()[:, 0]
+        assert len(visible) == len(ids)
+        for layer, expected in zip(generation.cache.layers, direct.layers):
+            assert torch.allclose(layer.keys[row][:, visible], expected.keys[0], atol=1e-4)
+            assert torch.allclose(layer.values[row][:, visible], expected.values[0], atol=1e-4)

@@ -253,21 +253,21 @@ class Engine:
         deltas = self._sample(generation, logits[-1 - ahead].expand(settings.n, -1))
         if not ahead:
             return deltas
-        if all(o.finish is not None or o.tokens[-1] == generation.healed_id for o in generation.options):
-            self._advance_cached(generation)
-            later = self._sample(generation, logits[-1].expand(settings.n, -1))
-            return [first + then for first, then in zip(deltas, later)]
-        # an option spelled it differently: the read-ahead position goes, every option feeds its own choice
-        generation.cache.crop(-1)
-        generation.mask = generation.mask[:, :-1]
-        return deltas
-
-    def _advance_cached(self, generation):
-        """Every live option's pending token is the one already read ahead: it is in the cache."""
-        generation.positions += 1
-        for option in generation.options:
-            if option.finish is None:
+        # an option that re-spelled the token as it was finds it read already, and its next token follows at once;
+        # one that spelled it differently hides the read-ahead position and feeds its own choice next step
+        kept = [o.finish is None and o.tokens[-1] == generation.healed_id for o in generation.options]
+        if not any(kept):  # nobody can use the read-ahead position: it goes
+            generation.cache.crop(-1)
+            generation.mask = generation.mask[:, :-1]
+            return deltas
+        kept = torch.tensor(kept, device=self.device)
+        generation.mask[:, -1] = kept.long()
+        generation.positions += kept.long()
+        for option, uses_it in zip(generation.options, kept.tolist()):
+            if uses_it:
                 option.pending = None
+        later = self._sample(generation, logits[-1].expand(settings.n, -1), rows=kept.tolist())
+        return [first + then for first, then in zip(deltas, later)]
 
     def step(self, generation):
         """Feed every live option its last token and sample the next one."""
@@ -539,8 +539,8 @@ class Engine:
 
     # ---- sampling ---------------------------------------------------------------------
 
-    def _sample(self, generation, logits):
-        """Choose a token for every live option, update its text, and decide whether it stops."""
+    def _sample(self, generation, logits, rows=None):
+        """Choose a token for every live option (of `rows` only, if given), update its text, decide if it stops."""
         options = generation.options
         allowed = self._healing_mask(options, logits.shape[-1])
         chosen = choose_next_tokens(self._ban_repeats(generation, logits), generation.settings,
@@ -550,7 +550,7 @@ class Engine:
         now = time.monotonic()
         deltas = []
         for row, (option, token_id, logprob) in enumerate(zip(options, chosen.tolist(), logprobs)):
-            if option.finish is not None:
+            if option.finish is not None or (rows is not None and not rows[row]):
                 deltas.append("")
                 continue
             deltas.append(self._record(generation, row, option, token_id, logprob, now))
