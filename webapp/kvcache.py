@@ -158,7 +158,7 @@ def _own(tensor):
     return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
 
 
-@dataclass
+@dataclass(eq=False)  # members are compared by identity, never by their holders' contents
 class Member:
     """A holder (anything with a `cache`) in a Stack: its rows, its length, and the view it was last given."""
 
@@ -203,8 +203,9 @@ class Stack:
                 compact(member.holder.cache)  # it leaves with its own copy: its rows are about to be reused
         joining = [h for h in holders if not any(m.holder is h for m in staying)]
         rows = sum(_rows(h.cache) for h in holders)
-        end = max(([stack.end] if staying else []) + [_length(h.cache) for h in joining])
-        if staying and end == stack.end and stack._could_use_its_front(rows):
+        longest = max([_length(h.cache) for h in joining], default=0)
+        end = max(stack.end, longest) if staying else longest
+        if staying and end == stack.end and stack._could_use_its_front(rows, longest):
             stack._move_to_front()  # the columns ran out, but those before the longest member are free
             end = stack.end
         if stack is None or not stack._has_room(rows, end) or (staying and end > stack.end):
@@ -265,9 +266,14 @@ class Stack:
     def _has_room(self, rows, end):
         return rows <= self.keys[0].shape[0] and end + 1 <= self.keys[0].shape[2]  # + 1: the coming step's column
 
-    def _could_use_its_front(self, rows):
+    def _could_use_its_front(self, rows, longest):
+        """True when moving the columns in use to the front gives room for the next step and for `longest`.
+
+        Once moved, the members' own views point at the old columns until they are cut
+        again, so a move is only made when no new stack (copied from those views) follows.
+        """
         return (rows <= self.keys[0].shape[0] and self.end + 1 > self.keys[0].shape[2]
-                and self.begin >= SPARE_POSITIONS // 4)
+                and self.begin >= SPARE_POSITIONS // 4 and longest <= self.end - self.begin)
 
     def _move_to_front(self):
         """Move the columns in use to the front of the buffers, in place (fresh memory would cost more).

@@ -1,0 +1,94 @@
+"""kvcache.Stack with plain tensors: requests join, write, leave and move, and every row keeps exactly its own keys."""
+import random
+from types import SimpleNamespace
+
+import torch
+from transformers import DynamicCache
+
+from webapp import kvcache
+
+LAYERS, HEADS, WIDTH = 2, 2, 4
+
+
+class Holder(SimpleNamespace):
+    """A request in the stack: its cache, and the keys it should hold (what was written for it, in order)."""
+
+    def __init__(self, rows, length, rng):
+        truth = torch.tensor([[rng.random() for _ in range(length)] for _ in range(rows)])
+        super().__init__(truth=truth, cache=cache_of(truth))
+
+
+def cache_of(truth):
+    """A batch of `truth`'s rows, every key and value of a position equal to that position's number (+1 for values)."""
+    cache = DynamicCache()
+    states = truth[:, None, :, None].expand(-1, HEADS, -1, WIDTH).contiguous()
+    for index in range(LAYERS):
+        cache.update(states + index, states + index + 1, index)
+    return cache
+
+
+def write_a_step(stack, rng):
+    """What a forward pass does to the stack: every row gets one more position, with a value of its own."""
+    rows = sum(member.rows for member in stack.members)
+    new = torch.tensor([rng.random() for _ in range(rows)])
+    merged = stack.cache()
+    states = new[:, None, None, None].expand(-1, HEADS, 1, WIDTH)
+    for index, layer in enumerate(merged.layers):
+        layer.update(states + index, states + index + 1)
+    stack.advance()
+    for member in stack.members:
+        holder, part = member.holder, new[member.first:member.first + member.rows]
+        holder.truth = torch.cat([holder.truth, part[:, None]], dim=1)
+        holder.cache = stack.cut(holder)
+
+
+def assert_holds_exactly(stack):
+    for member in stack.members:
+        holder = member.holder
+        rows, length = slice(member.first, member.first + member.rows), holder.truth.shape[1]
+        assert member.length == length
+        for index in range(LAYERS):
+            keys, values = stack.keys[index][rows], stack.values[index][rows]
+            expected = holder.truth[:, None, :, None].expand(-1, HEADS, -1, WIDTH) + index
+            assert torch.equal(keys[:, :, stack.end - length:stack.end], expected)
+            assert torch.equal(values[:, :, stack.end - length:stack.end], expected + 1)
+            assert not keys[:, :, stack.begin:stack.end - length].any(), "padding is zeros (0 x garbage is NaN)"
+
+
+def test_a_newcomer_longer_than_what_is_left_after_moving_to_the_front_gets_a_bigger_stack(monkeypatch):
+    monkeypatch.setattr(kvcache, "SPARE_POSITIONS", 16)
+    rng = random.Random(0)
+    long_one, short_one = Holder(1, 20, rng), Holder(2, 5, rng)
+    stack = kvcache.Stack.holding(None, [long_one, short_one])
+    for _ in range(2):
+        write_a_step(stack, rng)
+    stack = kvcache.Stack.holding(stack, [short_one])  # the long one leaves: 15 columns in front are free
+    while stack.end + 1 <= stack.keys[0].shape[2]:
+        write_a_step(stack, rng)
+    newcomer = Holder(3, 30, rng)  # longer than the short one's 21 columns
+    stack = kvcache.Stack.holding(stack, [short_one, newcomer])
+    assert_holds_exactly(stack)
+    write_a_step(stack, rng)
+    assert_holds_exactly(stack)
+
+
+def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypatch):
+    monkeypatch.setattr(kvcache, "SPARE_POSITIONS", 8)
+    monkeypatch.setattr(kvcache, "SPARE_ROWS", 2)
+    rng = random.Random(1)
+    stack, writing, last, moves = None, [], None, 0
+    for _ in range(1500):
+        if writing and rng.random() < 0.25:  # someone finishes or is cancelled
+            writing.pop(rng.randrange(len(writing)))
+        if len(writing) < 6 and rng.random() < 0.35:  # someone new presses Tab
+            writing.insert(rng.randrange(len(writing) + 1), Holder(rng.randint(1, 3), rng.randint(1, 40), rng))
+        if not writing:
+            stack = None
+            continue
+        stack = kvcache.Stack.holding(stack, writing)
+        moves, last = moves + (stack.keys[0] is not last), stack.keys[0]
+        assert {id(member.holder) for member in stack.members} == {id(holder) for holder in writing}
+        assert_holds_exactly(stack)
+        write_a_step(stack, rng)
+        assert_holds_exactly(stack)
+    assert moves > 3, "the run went through several stacks (rows and columns ran out)"
