@@ -3,6 +3,7 @@
 Tests that must catch a request while it is still running use the embedded model
 and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 """
+import contextlib
 import dataclasses
 import math
 import time
@@ -287,24 +288,30 @@ def test_a_bad_prime_is_an_error_and_a_suggest_replaces_a_pending_prime(embedded
     assert not payloads(events, "primed"), "the TAB took over; the pending prime was dropped"
 
 
+@contextlib.contextmanager
+def counting_calls(engine, name):
+    """The size of every call to `engine.<name>` (the real engine runs; the test only counts)."""
+    sizes, real = [], getattr(engine, name)
+
+    def recording(items):
+        sizes.append(len(items))
+        return real(items)
+
+    setattr(engine, name, recording)
+    try:
+        yield sizes
+    finally:
+        delattr(engine, name)
+
+
 def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
     engine = embedded_app.extensions["tabwrite"].scheduler.engine
-    batch_sizes = []
-    real_step_many = engine.step_many
-
-    def recording_step_many(generations):  # the real engine runs; the test only counts
-        batch_sizes.append(len(generations))
-        return real_step_many(generations)
-
-    engine.step_many = recording_step_many
-    try:
+    with counting_calls(engine, "step_many") as batch_sizes:
         clients = [connect(embedded_app) for _ in range(4)]
         texts = ["The ship left the harbour", "Our school garden grows", "The recipe starts with", "On Mars, the"]
         for i, (client, text) in enumerate(zip(clients, texts)):
             client.emit("suggest", {"id": f"r{i}", "text": text, "settings": {**GREEDY, "length": 12, "n": 2}})
         results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
-    finally:
-        del engine.step_many
     assert max(batch_sizes) == 4, f"all four wrote in the same passes: {batch_sizes}"
     alone = connect(embedded_app)
     alone.emit("suggest", {"id": "a", "text": texts[1], "settings": {**GREEDY, "length": 12, "n": 2}})
@@ -313,16 +320,8 @@ def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
 
 def test_new_requests_that_read_little_are_read_in_one_pass(embedded_app):
     engine = embedded_app.extensions["tabwrite"].scheduler.engine
-    passes = []
-    real_start_many = engine.start_many
-
-    def recording_start_many(requests):  # the real engine runs; the test only counts
-        passes.append(len(requests))
-        return real_start_many(requests)
-
-    engine.start_many = recording_start_many
     settings = {**GREEDY, "length": 4, "n": 2}
-    try:
+    with counting_calls(engine, "start_many") as passes:
         long_reader, *clients = [connect(embedded_app) for _ in range(4)]
         long_text = "The tide came in over the sand and the children ran back to the dunes. " * 40  # ~650 tokens
         long_reader.emit("suggest", {"id": "long", "text": long_text, "settings": settings})
@@ -331,8 +330,6 @@ def test_new_requests_that_read_little_are_read_in_one_pass(embedded_app):
             client.emit("suggest", {"id": f"r{i}", "text": text, "settings": settings})
         results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
         wait_for(long_reader, "long")
-    finally:
-        del engine.start_many
     assert passes[0] == 1 and 3 in passes, f"the three short prompts were read together: {passes}"
     alone = connect(embedded_app)
     alone.emit("suggest", {"id": "a", "text": texts[2], "settings": settings})
