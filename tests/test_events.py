@@ -6,11 +6,13 @@ and 64-token options (seconds of work); the others use the tiny GPT-2 for speed.
 import contextlib
 import dataclasses
 import math
+import random
 import time
 
 import pytest
 
 from conftest import FailingModel, connect, make_app, payloads, wait_for
+from webapp import kvcache
 
 GREEDY = {"temperature": 0, "stop_at": "length"}
 
@@ -393,3 +395,41 @@ def test_a_seed_locked_by_the_teacher_gives_the_whole_class_the_same_options(emb
         answers.append(payloads(wait_for(client, "s"), "done", "s")[0])
     assert answers[0]["options"] == answers[1]["options"]
     assert answers[0]["stats"]["settings"]["seed"] == 11
+
+
+def test_a_class_sending_random_requests_meets_no_model_failure(embedded_app, monkeypatch):
+    """Eight tabs suggest, extend, prime and cancel at random on short and long documents; every request ends well."""
+    monkeypatch.setattr(kvcache, "SPARE_POSITIONS", 8)  # the batch runs out of columns often: moves and new stacks
+    rng = random.Random(11)
+    clients = [connect(embedded_app) for _ in range(8)]
+    base = "The tide came in over the sand and the children ran back to the dunes. "
+    texts = [base * rng.randint(1, 25) + f"Tab {i} says" for i in range(8)]  # about 20 to 450 tokens
+    received, latest, parents = [[] for _ in clients], {}, {}
+    for k in range(70):
+        i = rng.randrange(len(clients))
+        settings = {"n": rng.randint(1, 4), "length": rng.randint(1, 12), "temperature": rng.choice([0, 0.8, 1.3]),
+                    "seed": k, "stop_at": "length"}
+        received[i].extend(clients[i].get_received())
+        roll, shown = rng.random(), i in latest and any(d["options"] for d in payloads(received[i], "done", latest[i]))
+        if roll < 0.4 and shown:  # like the page: Tab again once options are shown
+            clients[i].emit("extend", {"id": f"e{k}", "parent": latest[i], "settings": {"length": settings["length"]}})
+            parents[f"e{k}"], latest[i] = latest[i], f"e{k}"
+        elif roll < 0.75 or i not in latest:
+            texts[i] += rng.choice([" and", " the boat", " came back.", " " + base])
+            clients[i].emit("suggest", {"id": f"s{k}", "text": texts[i], "settings": settings})
+            latest[i] = f"s{k}"
+        elif roll < 0.9:
+            clients[i].emit("prime", {"id": f"p{k}", "text": texts[i] + " more", "settings": settings})
+        else:
+            clients[i].emit("cancel", {"id": latest[i]})
+        time.sleep(rng.random() * 0.4)
+    for i, request_id in latest.items():
+        if not payloads(received[i], "done", request_id):
+            received[i].extend(wait_for(clients[i], request_id))
+    assert not [payload for events in received for payload in payloads(events, "error")]
+    done = {payload["id"]: payload for events in received for payload in payloads(events, "done")}
+    assert len(done) >= 30 and parents.keys() & done.keys()
+    for request_id, parent in parents.items():  # an extend's options go on from its parent's text
+        if request_id in done and parent in done:
+            assert all(option.startswith(before)
+                       for option, before in zip(done[request_id]["options"], done[parent]["options"]))
