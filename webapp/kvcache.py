@@ -23,56 +23,48 @@ def cache_bytes(cache):
                for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
 
-def shallow_copy(cache):
-    """A second Cache over the same tensors; its layers can be replaced without touching the first's."""
-    twin = copy.copy(cache)
-    twin.layers = [copy.copy(layer) for layer in cache.layers]
-    return twin
+def cache_like(like, states):
+    """A Cache of `like`'s kind whose layers hold the given (keys, values), one pair per layer, and own no buffer.
+
+    Such layers never write into the tensors they were given: the first step that writes
+    copies them into buffers of their own.
+    """
+    cache = copy.copy(like)
+    cache.layers = []
+    for layer, (keys, values) in zip(like.layers, states):
+        part = GrowingLayer.adopt(layer)
+        part.keys, part.values = keys, values
+        cache.layers.append(part)
+    return cache
 
 
 def as_rows(cache, rows):
-    """A second Cache showing a batch-of-one cache's keys and values as `rows` rows, without copying them.
-
-    Its layers own no buffers, so they never write into the original: the first step
-    copies the rows into buffers of their own, and a Stack copies them in when they join.
-    """
-    shown = shallow_copy(cache)
-    shown.layers = [GrowingLayer.adopt(layer) for layer in cache.layers]
-    for layer in shown.layers:
-        layer.keys = layer.keys.expand(rows, -1, -1, -1)
-        layer.values = layer.values.expand(rows, -1, -1, -1)
-    return shown
+    """A second Cache showing a batch-of-one cache's keys and values as `rows` rows, without copying them."""
+    return cache_like(cache, ((layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+                              for layer in cache.layers))
 
 
 def left_padded(caches, width):
     """Batch-of-one caches (None for an empty one) stacked into one, each left-padded with zeros to `width`."""
     like = next(cache for cache in caches if cache is not None)
-    stacked = shallow_copy(like)
-    stacked.layers = []
+    states = []
     for index, template in enumerate(like.layers):
-        layer = GrowingLayer.adopt(template)
-        layer.keys, layer.values = (_buffer(states, len(caches), width).zero_()  # 0 weight x garbage would be NaN
-                                    for states in (template.keys, template.values))
+        pair = tuple(_buffer(part, len(caches), width).zero_()  # 0 weight x garbage would be NaN
+                     for part in (template.keys, template.values))
         for row, cache in enumerate(caches):
             if cache is not None:
-                own = cache.layers[index]
-                layer.keys[row, :, width - own.keys.shape[-2]:] = own.keys[0]
-                layer.values[row, :, width - own.values.shape[-2]:] = own.values[0]
-        stacked.layers.append(layer)
-    return stacked
+                for buffer, own in zip(pair, (cache.layers[index].keys, cache.layers[index].values)):
+                    buffer[row, :, width - own.shape[-2]:] = own[0]
+        states.append(pair)
+    return cache_like(like, states)
 
 
 def row_of(cache, row, start, middle, new):
     """One row's own cache (a batch of one) out of a batch read together: columns start..middle, then its `new` last."""
-    own = shallow_copy(cache)
-    own.layers = []
-    for layer in cache.layers:
-        part = GrowingLayer.adopt(layer)
-        part.keys, part.values = (torch.cat([states[row:row + 1, :, start:middle], states[row:row + 1, :, -new:]],
-                                             dim=-2) for states in (layer.keys, layer.values))
-        part.buffers = None
-        own.layers.append(part)
-    return own
+    def own(part):
+        return torch.cat([part[row:row + 1, :, start:middle], part[row:row + 1, :, -new:]], dim=-2)
+
+    return cache_like(cache, ((own(layer.keys), own(layer.values)) for layer in cache.layers))
 
 
 def compact(cache):
@@ -186,8 +178,7 @@ class Stack:
 
     def __init__(self, like, rows, columns):
         """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`."""
-        self.template = shallow_copy(like)
-        self.template.layers = [_blank(layer) for layer in like.layers]
+        self.template = cache_like(like, ((None, None) for _ in like.layers))  # the kind of cache, holding nothing
         self.keys = [_buffer(layer.keys, rows, columns) for layer in like.layers]
         self.values = [_buffer(layer.values, rows, columns) for layer in like.layers]
         self.begin = self.end = 0  # the columns in use: where the longest member starts, where every member ends
@@ -220,6 +211,11 @@ class Stack:
         return [member.holder for member in self.members]
 
     @property
+    def used_rows(self):
+        """Rows the members take, from the first."""
+        return sum(member.rows for member in self.members)
+
+    @property
     def width(self):
         """Columns the batch attends over (the longest member's length)."""
         return self.end - self.begin
@@ -231,14 +227,11 @@ class Stack:
 
     def cache(self):
         """A Cache over the rows and columns in use; the forward pass writes the step's keys and values in place."""
-        rows = sum(member.rows for member in self.members)
-        merged = shallow_copy(self.template)
-        merged.layers = []
-        for template, keys, values in zip(self.template.layers, self.keys, self.values):
-            layer = GrowingLayer.adopt(template)
-            layer.buffers = (keys[:rows, :, self.begin:], values[:rows, :, self.begin:])
-            layer.keys, layer.values = (buffer[:, :, :self.width] for buffer in layer.buffers)
-            merged.layers.append(layer)
+        rows = self.used_rows
+        merged = cache_like(self.template, ((keys[:rows, :, self.begin:self.end], values[:rows, :, self.begin:self.end])
+                                            for keys, values in zip(self.keys, self.values)))
+        for layer, keys, values in zip(merged.layers, self.keys, self.values):
+            layer.buffers = (keys[:rows, :, self.begin:], values[:rows, :, self.begin:])  # its spare room: the stack's
         return merged
 
     def advance(self):
@@ -251,12 +244,8 @@ class Stack:
         """`holder`'s own cache back out of the batch: views into it, or a copy of its own when `separate`."""
         member = self._member(holder)
         rows, start = self.rows_of(holder), self.end - member.length
-        own = shallow_copy(self.template)
-        own.layers = []
-        for template, keys, values in zip(self.template.layers, self.keys, self.values):
-            layer = GrowingLayer.adopt(template)
-            layer.keys, layer.values = keys[rows, :, start:self.end], values[rows, :, start:self.end]
-            own.layers.append(layer)
+        own = cache_like(self.template, ((keys[rows, :, start:self.end], values[rows, :, start:self.end])
+                                         for keys, values in zip(self.keys, self.values)))
         member.view = None if separate else own.layers[0].keys
         return compact(own) if separate else own
 
@@ -281,7 +270,7 @@ class Stack:
         Chunks no wider than `begin` are moved left to right, so that none overwrites
         columns still to be read.
         """
-        used = sum(member.rows for member in self.members)
+        used = self.used_rows
         for start in range(self.begin, self.end, self.begin):
             stop = min(start + self.begin, self.end)
             for buffer in self.keys + self.values:
@@ -292,7 +281,7 @@ class Stack:
         """Move the staying members' rows up over the gaps, copy the newcomers in after them, zero new padding."""
         lengths = [m.length for m in staying] + [_length(h.cache) for h in joining]
         begin = end - max(lengths)
-        used = sum(m.rows for m in self.members)
+        used = self.used_rows
         if staying and begin < self.begin:  # columns that were no one's are now padding for those already here
             for buffer in self.keys + self.values:
                 buffer[:used, :, begin:self.begin].zero_()
@@ -320,13 +309,6 @@ class Stack:
                 buffer[row:row + rows, :, begin:end - length].zero_()  # 0 weight x garbage would be NaN
                 buffer[row:row + rows, :, end - length:end] = states
         return Member(holder, row, rows, length)
-
-
-def _blank(layer):
-    """A layer of `layer`'s kind holding nothing, to be given views later."""
-    blank = GrowingLayer.adopt(layer)
-    blank.keys = blank.values = None
-    return blank
 
 
 def _buffer(states, rows, columns):
