@@ -129,11 +129,15 @@ def _keep_common_start(cached_ids, cache, ids):
 
     Returns (None, 0) when they share nothing.
     """
-    common = _common_length(cached_ids, ids)
+    return _cut_back(cache, len(cached_ids), _common_length(cached_ids, ids))
+
+
+def _cut_back(cache, length, common):
+    """`cache` (`length` positions) cut back to its first `common`, and `common`; (None, 0) when that is none."""
     if common == 0:
         return None, 0
-    if common < len(cached_ids):
-        cache.crop(common - len(cached_ids))  # a negative count: positions to drop from the end
+    if common < length:
+        cache.crop(common - length)  # a negative count: positions to drop from the end
     return cache, common
 
 
@@ -202,8 +206,7 @@ class Engine:
     def unread(self, text, settings, prefix=None):
         """How many tokens `start` would read for `text` (what `prefix` does not hold already); no model work."""
         generation = self.prepare(text, settings)
-        held = _common_length(prefix.ids, generation.prompt_ids[:-1]) if prefix is not None else 0
-        return len(_read_ids(generation)) - held
+        return len(_read_ids(generation)) - self._held(prefix, generation.prompt_ids)
 
     def _read_prompts(self, items):
         """Per (generation, prefix): its whole prompt's cache (batch of one) and its last two positions' logits.
@@ -461,10 +464,14 @@ class Engine:
 
     def _reusable(self, prefix, ids):
         """The previous prompt's cache cut to the part `ids` shares with it, and that part's length."""
+        common = self._held(prefix, ids)
+        return _cut_back(prefix.cache, len(prefix.ids), common) if common else (None, 0)
+
+    def _held(self, prefix, ids):
+        """How many of the prompt `ids` the previous prompt's cache holds (never the last: it is read for logits)."""
         if prefix is None or not all(getattr(layer, "is_croppable", False) for layer in prefix.cache.layers):
-            return None, 0
-        # at least the last token is read again, for its logits
-        return _keep_common_start(prefix.ids, prefix.cache, ids[:-1])
+            return 0
+        return _common_length(prefix.ids, ids[:-1])
 
     def warm_up(self):
         """Run one tiny request so the first real TAB does not pay for lazy initialisation."""
