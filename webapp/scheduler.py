@@ -4,9 +4,9 @@ The scheduler is the only bridge between the socket handlers and the engine.
 Handlers only append commands to an inbox; one loop (a green thread under
 eventlet) applies them between model calls and runs every model call in a real
 OS thread through the Runner. Each turn reads new requests' prompts (for up to
-PREFILL_SLICE; several short ones in one pass), then gives every other writing request of every client one more
-token in a single forward pass; priming and scoring run only when no request
-waits. So no lock guards the model, cancelling is just dropping a task, and each
+PREFILL_SLICE; several short ones in one pass), then gives every other writing
+request of every client one more token in a single forward pass; priming and
+scoring run only when no request waits. So no lock guards the model, cancelling is just dropping a task, and each
 client's events leave in order.
 """
 import dataclasses
@@ -45,6 +45,7 @@ class Task:
     steps: int = 0
     started: float | None = None
     model_seconds: float = 0.0  # time spent inside model calls (the rest is queueing and I/O)
+    unread: int | None = None  # tokens its start will read, counted once while it waits
 
 
 class Scheduler:
@@ -172,11 +173,17 @@ class Scheduler:
         return together
 
     def _unread(self, task):
-        """Tokens a new request's start would read; beam search counts as too many (it reads on its own)."""
-        settings = task.request.settings
-        if settings.mode == protocol.BEAM:
-            return READ_TOGETHER_TOKENS
-        return self.engine.unread(task.request.text, settings, self.prefixes.get(task.sid))
+        """Tokens a new request's start would read; beam search counts as too many (it reads on its own).
+
+        Counted once per request (it tokenizes the text, on the loop): while it waits, its
+        tab's prompt cache can only be dropped (priming and the chart read only when no
+        request waits), and the count only decides which requests are read together.
+        """
+        if task.unread is None:
+            settings = task.request.settings
+            task.unread = READ_TOGETHER_TOKENS if settings.mode == protocol.BEAM else \
+                self.engine.unread(task.request.text, settings, self.prefixes.get(task.sid))
+        return task.unread
 
     def _run_model(self, call, tasks):
         """Run `call(tasks)` off the hub, send what each task got, and finish the tasks that are done."""
