@@ -9,7 +9,7 @@ format (`--formats`), the engine itself (no server) measures:
 In the same run, the baseline: one plain float32 `generate(num_return_sequences=3)` step
 (no cache reuse, Conv1D layers as they ship). Prints a markdown table; --json writes it.
 
-    python bench/formats.py                         # embedded model: float32, bfloat16, int8
+    python bench/formats.py                         # embedded model: float32, bfloat16, int8, int4
     python bench/formats.py --model gpt2-large-random
 """
 import argparse
@@ -46,7 +46,7 @@ PARAGRAPH = ("The river ran quietly past the old mill, where the children of the
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="embedded (default), gpt2-large-random, or a directory")
-    parser.add_argument("--formats", default="float32,bfloat16,int8")
+    parser.add_argument("--formats", default="float32,bfloat16,int8,int4")
     parser.add_argument("--steps", type=int, default=20, help="decoding steps timed per format")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()

@@ -66,12 +66,20 @@ def test_devices_and_dtypes():
     assert pick_format("auto", "cpu", flags={"avx2", "avx512f"}) == "float32"
     assert pick_format("auto", "cpu", flags={"avx512f", "amx_bf16"}) == "bfloat16"
     assert pick_format("auto", "cpu", flags={"avx512_bf16"}) == "bfloat16"
+    # weights published in 4 bits (the embedded model) run in int4 where the CPU has bfloat16 units
+    assert pick_format("auto", "cpu", flags={"amx_bf16"}, ships_4bit=True) == "int4"
+    assert pick_format("auto", "cpu", flags={"avx2"}, ships_4bit=True) == "float32"
+    embedded_spec = resolve_model("embedded")
+    assert pick_dtype("auto", "cpu", embedded_spec) == ("int4" if pick_dtype("auto", "cpu") == "bfloat16"
+                                                         else "float32")
     assert pick_dtype("auto", "cpu") in ("float32", "bfloat16")
     assert pick_dtype("bfloat16", "cpu") == "bfloat16" and pick_dtype("int8", "cpu") == "int8"
     with pytest.raises(ModelError, match="--dtype"):
         pick_dtype("int3", "cpu")
     with pytest.raises(ModelError, match="CPU only"):
         pick_dtype("int8", "cuda")
+    with pytest.raises(ModelError, match="CPU only"):
+        pick_dtype("int4", "cuda")
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA GPU"):
             pick_device("cuda")
@@ -104,7 +112,7 @@ def test_gpt2_conv1d_layers_become_linear_layers_that_compute_the_same(embedded)
     assert torch.allclose(before, after, atol=1e-5)
 
 
-@pytest.mark.parametrize("weight_format", ["bfloat16", "int8"])
+@pytest.mark.parametrize("weight_format", ["bfloat16", "int8", "int4"])
 def test_a_gpt2_folder_loads_in_each_cpu_format_and_stays_close_to_float32(tmp_path, embedded, weight_format):
     folder = tmp_path / "gpt2"
     build_tiny_gpt2(embedded.tokenizer, n_embd=128).save_pretrained(folder)

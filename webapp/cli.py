@@ -21,7 +21,7 @@ def build_parser():
                         help="auto (gpt2-large, or the embedded model offline), embedded, a Hub id, or a directory; "
                              f"repeat it to serve several, the first being the default (default: {env['MODEL']})")
     parser.add_argument("--device", default=env["DEVICE"], help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, bfloat16, float16 or int8 (CPU)")
+    parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, bfloat16, float16, int8 or int4 (CPU)")
     parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
     parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
     parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")

@@ -26,8 +26,8 @@ SETTINGS = (
             "(0: no limit)."),
     Setting("DEVICE", "auto", "auto (GPU when available), cpu, cuda, cuda:N or mps."),
     Setting("DTYPE", "auto",
-            "auto (bfloat16 on GPUs and on CPUs with AMX/AVX-512-BF16, else float32), float32, bfloat16, float16, "
-            "or int8 (CPU only)."),
+            "auto (bfloat16 on GPUs and on CPUs with AMX/AVX-512-BF16, int4 there for the embedded model, "
+            "else float32), float32, bfloat16, float16, int8 or int4 (CPU only)."),
     Setting("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 serves the whole network."),
     Setting("PORT", 5000, "Port to listen on."),
     Setting("ASYNC_MODE", "eventlet", "Flask-SocketIO async mode: eventlet (served) or threading (tests)."),

@@ -3,14 +3,16 @@
 On a CPU the choice decides the speed: float32 is exact; bfloat16 halves the bytes read
 per step and runs on AMX/AVX-512-BF16 units where the CPU has them; int8 (dynamic
 quantization of the linear layers: int8 weights, activations quantized per batch) reads a
-quarter of the bytes and uses VNNI integer units. GPT-2 keeps its weights in `Conv1D`
+quarter of the bytes and uses VNNI integer units; int4 (lowbit.py: 4-bit packed weights in
+groups, bfloat16 activations) reads an eighth for a client's small steps and runs large
+batches in bfloat16, and is the format the embedded model ships in. GPT-2 keeps its weights in `Conv1D`
 modules, which neither bfloat16 kernels nor the quantizer treat as linear layers, so they
 become `nn.Linear` first. `bench/formats.py` measures speed and perplexity of each.
 """
 import warnings
 from pathlib import Path
 
-FORMATS = ("float32", "bfloat16", "float16", "int8")
+FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with fast bfloat16 matrix units
 
 
@@ -25,8 +27,12 @@ def cpu_flags():
     return set()
 
 
-def pick_format(requested, device, flags=None):
-    """Resolve `--dtype auto` for `device`; check an explicit choice. Returns a name from FORMATS."""
+def pick_format(requested, device, flags=None, ships_4bit=False):
+    """Resolve `--dtype auto` for `device`; check an explicit choice. Returns a name from FORMATS.
+
+    `ships_4bit`: the weights were published in 4 bits (the embedded model), so int4 loses
+    nothing they had, and auto takes it on CPUs with bfloat16 units.
+    """
     if requested == "auto":
         if device.startswith("cuda"):
             import torch
@@ -35,28 +41,34 @@ def pick_format(requested, device, flags=None):
         if device == "mps":
             return "float16"
         flags = cpu_flags() if flags is None else flags
-        return "bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
+        if not flags & set(BF16_CPU_FLAGS):
+            return "float32"
+        return "int4" if ships_4bit else "bfloat16"
     if requested not in FORMATS:
         raise ValueError(f"--dtype must be auto or one of {', '.join(FORMATS)}")
-    if requested == "int8" and device != "cpu":
-        raise ValueError("--dtype int8 (dynamic quantization) runs on the CPU only; on a GPU use bfloat16 or float16")
+    if requested in ("int8", "int4") and device != "cpu":
+        raise ValueError(f"--dtype {requested} runs on the CPU only; on a GPU use bfloat16 or float16")
     return requested
 
 
 def torch_dtype(name):
-    """The dtype weights are loaded in for format `name` (int8 loads float32, then quantizes)."""
+    """The dtype weights are loaded in for format `name` (int8 and int4 load float32, then quantize)."""
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-            "int8": torch.float32}[name]
+            "int8": torch.float32, "int4": torch.float32}[name]
 
 
 def apply_format(model, name, device):
-    """Make a loaded model run in format `name`: Conv1D as Linear on the CPU, then int8 where asked."""
+    """Make a loaded model run in format `name`: Conv1D as Linear on the CPU, then int8 or int4 where asked."""
     if device == "cpu" and name != "float32":
         conv1d_to_linear(model)
     if name == "int8":
         quantize_int8(model)
+    if name == "int4":
+        from .lowbit import pack_model
+
+        pack_model(model)
     return model
 
 

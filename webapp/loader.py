@@ -37,7 +37,7 @@ class ModelLoader:
         """Decide where the weights come from, and the device and dtype; a ModelError here stops start-up."""
         self.spec = resolve_model(self.requested)
         self.device = pick_device(self.config["DEVICE"])
-        self.dtype = pick_dtype(self.config["DTYPE"], self.device)
+        self.dtype = pick_dtype(self.config["DTYPE"], self.device, self.spec)
 
     def weight_bytes(self):
         """Memory the weights will take, from the model's configuration (nothing is loaded)."""

@@ -182,10 +182,10 @@ def pick_device(requested):
     return requested
 
 
-def pick_dtype(requested, device):
-    """Resolve `--dtype` to a weight format (see formats.py): auto picks per device and CPU."""
+def pick_dtype(requested, device, spec=None):
+    """Resolve `--dtype` to a weight format (see formats.py): auto picks per device, CPU and model `spec`."""
     try:
-        return pick_format(requested, device)
+        return pick_format(requested, device, ships_4bit=spec is not None and spec.source == EMBEDDED)
     except ValueError as error:
         raise ModelError(str(error)) from None
 
@@ -195,7 +195,7 @@ def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=N
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
-    weight_format = pick_dtype(dtype, device)
+    weight_format = pick_dtype(dtype, device, spec)
     location = spec.location
     if spec.source == EMBEDDED:
         location = str(ensure_embedded(cache_root or Path.home() / ".cache" / "tabwrite"))
@@ -206,7 +206,7 @@ def load_model(spec, device="auto", dtype="auto", max_context=1024, cache_root=N
     except (OSError, ValueError) as error:
         raise ModelError(f"could not load model {spec.name!r} from {location}: {error}") from error
     model.to(device).eval()
-    parameters = count_parameters(model)  # before int8 packs the linear layers' weights away
+    parameters = count_parameters(model)  # before int8 or int4 packs the linear layers' weights away
     apply_format(model, weight_format, device)
     return LoadedModel(
         model=model,
@@ -246,8 +246,8 @@ def estimate_weight_bytes(spec, dtype="float32", cache_root=None):
     config = AutoConfig.from_pretrained(location, local_files_only=spec.offline)
     with torch.device("meta"):  # shapes only: no memory, no random initialisation
         skeleton = AutoModelForCausalLM.from_config(config)
-    # int8 counts as float32: its embeddings stay float32, so this is an upper bound
-    element = torch.empty((), dtype=torch_dtype(pick_dtype(dtype, "cpu"))).element_size()
+    # int8 and int4 count as float32, the dtype they load in before packing: an upper bound
+    element = torch.empty((), dtype=torch_dtype(pick_dtype(dtype, "cpu", spec))).element_size()
     return count_parameters(skeleton) * element
 
 
