@@ -126,22 +126,31 @@ def timed(call):
 
 
 def weight_bytes(model):
-    """Bytes of weights one decoding step reads: every parameter and packed (int8) weight once."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    for module in model.modules():  # dynamically quantized layers keep their weights outside parameters()
-        packed = getattr(module, "_packed_params", None)
+    """Bytes of weights a client's decoding step reads: every parameter once, packed weights as packed."""
+    from webapp.lowbit import PackedLinear
+
+    def size(tensor):
+        return tensor.numel() * tensor.element_size()
+
+    unread = {id(m.weight) for m in model.modules() if isinstance(m, PackedLinear)}  # dense copies: large batches
+    if isinstance(model.get_output_embeddings(), PackedLinear):
+        unread.add(id(model.get_input_embeddings().weight))  # no longer the output layer: a row per token is read
+    total = sum(size(p) for p in model.parameters() if id(p) not in unread)
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            total += size(module.packed) + size(module.scales)
+        packed = getattr(module, "_packed_params", None)  # int8's dynamically quantized layers
         if packed is not None:
             weight, bias = packed._weight_bias()
-            total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None
-                                                               else 0)
+            total += size(weight) + (size(bias) if bias is not None else 0)
     return total
 
 
 def main():
     args = parse_args()
-    from webapp.models import pick_dtype
+    from webapp.models import pick_dtype, resolve_model
 
-    dtype = pick_dtype(args.dtype, "cpu")
+    dtype = pick_dtype(args.dtype, "cpu", resolve_model(args.model))  # what the server's --dtype would pick
     loaded = single.load_tokenizer_and_model(args.model, dtype)
     process, url = single.start_server(args.model, dtype)
     results = {"machine": single.machine(), "model": loaded.name, "format": dtype, "n": N, "length": LENGTH,

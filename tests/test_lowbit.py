@@ -8,7 +8,8 @@ from conftest import build_tiny_gpt2
 from webapp import lowbit
 from webapp.engine import Engine
 from webapp.formats import apply_format
-from webapp.lowbit import GROUP, SMALL_BATCH_ROWS, PackedLinear, dequantize_int4, pack_model, quantize_int4
+from webapp.lowbit import (GROUP, SMALL_BATCH_ROWS, PackedLinear, bits_for, dequantize_int4, pack_model,
+                           quantize_int4)
 from webapp.models import wrap_model
 from webapp.protocol import SamplingSettings
 
@@ -87,6 +88,23 @@ def test_pack_model_gives_the_output_layer_8_bits_and_everything_else_4(embedded
     assert not any(type(module) in (torch.nn.Linear,) for module in model.modules())
     assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
     assert (reference - approximate).abs().max() < 0.05, "the same model, a little less exact"
+
+
+def test_layers_the_kernels_cannot_take_stay_bfloat16_and_the_model_still_runs(embedded):
+    # 40 wide: no whole groups of 32 for 4 bits, and the 8-bit kernel needs multiples of 16
+    model = build_tiny_gpt2(embedded.tokenizer, n_embd=40)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        reference = torch.softmax(model(input_ids=ids).logits, dim=-1)
+        apply_format(model, "int4", "cpu")
+        approximate = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)
+    layers = {name: module for name, module in model.named_modules() if "Linear" in type(module).__name__}
+    assert all(type(layer) is torch.nn.Linear for layer in layers.values() if layer.in_features == 40)
+    assert layers["transformer.h.0.mlp.c_proj"].bits == 8  # 160 inputs, 40 outputs
+    assert (reference - approximate).abs().max() < 0.05
+    assert bits_for(torch.nn.Linear(64, 50), output=False) == 8  # outputs not in multiples of 16: 8 bits
+    assert bits_for(torch.nn.Linear(64, 48), output=False) == 4
+    assert bits_for(torch.nn.Linear(64, 48), output=True) == 8
 
 
 @pytest.fixture(scope="module")
