@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_gpt2
+from conftest import build_tiny_gpt2, connect, make_app, payloads, wait_for
 from webapp import lowbit
 from webapp.engine import Engine
 from webapp.formats import apply_format
@@ -146,3 +146,33 @@ def test_the_engine_writes_with_the_int4_model_as_its_generate_does(embedded_int
     expected = embedded_int4.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10,
                                             do_sample=False, pad_token_id=engine.pad_id)
     assert [option.tokens for option in generation.options] == expected[:, prompt.shape[1]:].tolist()
+
+
+def test_an_int4_server_serves_a_class_extends_beams_scores_and_charts(embedded_int4):
+    """Through the real app: a lone Tab (packed path), four at once (12 rows: the dense copies), and the rest."""
+    app = make_app(embedded_int4)
+    try:
+        clients = [connect(app) for _ in range(4)]
+        texts = ["The weather is beaut", "Once upon a time", "My favourite food is", "The train left the"]
+        clients[0].emit("suggest", {"id": "lone", "text": texts[0], "settings": {"n": 3, "seed": 1}})
+        [lone] = payloads(wait_for(clients[0], "lone"), "done", "lone")
+        for client, text in zip(clients, texts):
+            client.emit("suggest", {"id": "tab", "text": text, "settings": {"n": 3, "seed": 2, "length": 8}})
+        finished = [payloads(wait_for(client, "tab"), "done", "tab")[0] for client in clients]
+        clients[0].emit("extend", {"id": "more", "parent": "tab"})
+        [more] = payloads(wait_for(clients[0], "more"), "done", "more")
+        clients[1].emit("suggest", {"id": "beam", "text": texts[1], "settings": {"mode": "beam", "n": 2}})
+        [beam] = payloads(wait_for(clients[1], "beam"), "done", "beam")
+        clients[2].emit("score", {"id": "sc", "text": "Once upon a time there was a princess."})
+        [score] = payloads(wait_for(clients[2], "sc", event="score"), "score", "sc")
+        clients[3].emit("distribution", {"id": "d", "text": "The capital of France is", "settings": {}})
+        [chart] = payloads(wait_for(clients[3], "d", event="distribution"), "distribution", "d")
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()
+    assert len(lone["options"]) == 3 and all(lone["options"]) and lone["stats"]["healed"] == " beaut"
+    assert all(len(done["options"]) == 3 and all(done["options"]) for done in finished)
+    for old, new, reason in zip(finished[0]["options"], more["options"], more["finish"]):
+        assert new.startswith(old) and (len(new) > len(old) or reason == "eos")
+    assert len(beam["options"]) == 2 and all(beam["options"])
+    assert 1 < score["perplexity"] < 1000
+    assert chart["tokens"][0]["text"] == " Paris"
