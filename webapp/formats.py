@@ -3,11 +3,12 @@
 On a CPU the choice decides the speed: float32 is exact; bfloat16 halves the bytes read
 per step and runs on AMX/AVX-512-BF16 units where the CPU has them; int8 (dynamic
 quantization of the linear layers: int8 weights, activations quantized per batch) reads a
-quarter of the bytes and uses VNNI integer units; int4 (lowbit.py: 4-bit packed weights in
-groups, bfloat16 activations) reads an eighth for a client's small steps and runs large
-batches in bfloat16, and is the format the embedded model ships in. GPT-2 keeps its weights in `Conv1D`
-modules, which neither bfloat16 kernels nor the quantizer treat as linear layers, so they
-become `nn.Linear` first. `bench/formats.py` measures speed and perplexity of each.
+quarter of the bytes and uses VNNI integer units; int4 (lowbit.py: weights packed in 4
+bits, bfloat16 activations) reads about an eighth in a client's small steps, runs large
+batches on dense bfloat16 copies, and is the format the embedded model ships in. GPT-2
+keeps its weights in `Conv1D` modules, which neither bfloat16 kernels nor the quantizers
+treat as linear layers, so they become `nn.Linear` first. `bench/formats.py` measures
+speed and perplexity of each.
 """
 import warnings
 from pathlib import Path
