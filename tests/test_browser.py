@@ -168,3 +168,31 @@ def test_the_status_bar_shows_the_documents_perplexity_and_follows_the_text(page
     surprised = figure.text_content()
     assert float(surprised.split()[1]) > float(plain.split()[1]), "nonsense raises the perplexity"
     page.screenshot(path=str(ARTIFACTS / "status-perplexity.png"))
+
+
+def test_the_editor_writes_with_the_embedded_model_in_int4(browser):
+    """The format `auto` picks on CPUs with bfloat16 units, end to end: status, Tab, Tab again, Enter."""
+    from browsing import open_page
+    from conftest import RunningServer
+
+    server = RunningServer("embedded", {"TABWRITE_DTYPE": "int4"}).wait_ready()
+    try:
+        page = open_page(browser, server.url)
+        page.get_by_role("status", name="Status bar").filter(has_text="cpu · int4").wait_for()
+        set_settings(page, {"seed": "3", "length": "6", "stop_at": "length"})
+        editor = write(page, "The best thing about summer is")
+        editor.press("Tab")
+        wait_until_done(page)
+        first = option_texts(page)
+        assert len(first) == 3 and all(first)
+        editor.press("Tab")
+        wait_until_done(page)
+        longer = option_texts(page)
+        assert all(new.startswith(old) and len(new) > len(old) for old, new in zip(first, longer))
+        editor.press("Enter")
+        page.get_by_role("listbox", name="Suggestions").wait_for(state="hidden")
+        assert editor.input_value() == "The best thing about summer is" + longer[0]
+        assert page.errors == []
+        page.context.close()
+    finally:
+        server.stop()
