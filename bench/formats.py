@@ -7,7 +7,10 @@ format (`--formats`), the engine itself (no server) measures:
 - the prefill of a 211-token prompt (llama.cpp's figure on this machine: 858 ms),
 - the embedded model's perplexity on a fixed text (random weights have no quality to lose).
 In the same run, the baseline: one plain float32 `generate(num_return_sequences=3)` step
-(no cache reuse, Conv1D layers as they ship). Prints a markdown table; --json writes it.
+(no cache reuse, Conv1D layers as they ship). Where llama-cpp-python is installed (optional:
+`pip install llama-cpp-python==0.3.36`, a source build), the embedded model's rows end with
+llama.cpp itself on the same GGUF file and thread count: one sequence's decoding step and
+the same prefill. Prints a markdown table; --json writes it.
 
     python bench/formats.py                         # embedded model: float32, bfloat16, int8, int4
     python bench/formats.py --model gpt2-large-random
@@ -107,6 +110,57 @@ def time_baseline(loaded, text, steps):
     return (time.perf_counter() - began) * 1000 / steps
 
 
+def time_llama_cpp(text_300, text_211, steps):
+    """llama.cpp on the embedded GGUF, in a process of its own: (ms per token, prefill ms), or None.
+
+    A separate process, because a llama.cpp build can crash the process on a CPU it
+    misjudges (this machine's default build does, reading batches with AMX): the peer is
+    optional, the benchmark goes on without it and says why.
+    """
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(_llama_cpp_figures, text_300, text_211, steps, torch.get_num_threads()).result()
+        except BrokenProcessPool:
+            print("llama.cpp crashed on this machine; its row is left out", file=sys.stderr)
+            return None
+
+
+def _llama_cpp_figures(text_300, text_211, steps, threads):
+    """One sequence's decoding step after a 300-token prompt, and the prefill of 211 tokens (median ms)."""
+    from llama_cpp import Llama
+
+    from webapp.models import embedded_gguf_path
+
+    llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+
+    def tokens(text):
+        return llm.tokenize(text.encode(), add_bos=False)
+
+    prefills = []
+    for _ in range(3):
+        llm.reset()
+        began = time.perf_counter()
+        llm.eval(tokens(text_211))
+        prefills.append((time.perf_counter() - began) * 1000)
+    llm.reset()
+    llm.eval(tokens(text_300))
+    times = []
+    for _ in range(steps):
+        following = int(llm.scores[llm.n_tokens - 1].argmax())  # greedy: the cost is the model's step, not sampling
+        began = time.perf_counter()
+        llm.eval([following])
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times), statistics.median(prefills)
+
+
 def main():
     args = parse_args()
     rows = []
@@ -136,13 +190,22 @@ def main():
             print(json.dumps(rows[-1]), file=sys.stderr)
             if loaded is not reference:
                 del engine, loaded
+        peer = time_llama_cpp(text_300, text_211, args.steps) if name == "embedded" else None
+        if peer:
+            step, prefill = peer
+            rows.append({"model": name, "format": "llama.cpp, 1 sequence", "step_ms": round(step, 1),
+                         "baseline_step_ms": round(baseline, 1), "speedup": None,
+                         "tokens_per_s": round(1000 / step, 1), "prefill_211_ms": round(prefill, 1),
+                         "perplexity": None, "perplexity_change": None})
+            print(json.dumps(rows[-1]), file=sys.stderr)
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
     print(f"\nCPU: {torch.get_num_threads()} threads, flags {' '.join(flags)}; torch {torch.__version__}\n")
     print("| model | format | 3-option step (ms) | baseline step, fp32 generate (ms) | speed-up | tokens/s "
           "| prefill 211 tokens (ms) | perplexity | vs float32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['format']} | {r['step_ms']} | {r['baseline_step_ms']} | {r['speedup']}× "
+        speedup = f"{r['speedup']}×" if r["speedup"] else "–"
+        print(f"| {r['model']} | {r['format']} | {r['step_ms']} | {r['baseline_step_ms']} | {speedup} "
               f"| {r['tokens_per_s']} | {r['prefill_211_ms']} | {r['perplexity'] or '–'} "
               f"| {r['perplexity_change'] or '–'} |")
     if args.json:
