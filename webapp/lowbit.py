@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the embedded model's weights fit exactly
 # rows up to which the packed kernels beat the dense bfloat16 product here: GPT-2-large's step
-# took 232 against 257 ms at 6 rows, 318 against 300 ms at 9 (the embedded model's crosses at ~15)
+# took 232 against 257 ms at 6 rows, 318 against 300 ms at 9 (the embedded model's crosses at 12 to 15)
 SMALL_BATCH_ROWS = 8
 COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (their float32 path is slow)
 
