@@ -224,7 +224,7 @@ class Engine:
             out = self.model(input_ids=torch.tensor(unread, device=self.device), cache=caches[0], use_cache=True,
                              logits_to_keep=2)
             return [(out.cache, out.logits[0])]
-        held = [cache.get_seq_length() if cache is not None else 0 for cache in caches]
+        held = [generation.reused for generation, _ in items]  # each cache's length, set just above
         width, longest = max(held), max(len(ids) for ids in unread)
         ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros((len(items), width + longest), dtype=torch.long, device=self.device)

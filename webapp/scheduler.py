@@ -6,8 +6,8 @@ eventlet) applies them between model calls and runs every model call in a real
 OS thread through the Runner. Each turn reads new requests' prompts (for up to
 PREFILL_SLICE; several short ones in one pass), then gives every other writing
 request of every client one more token in a single forward pass; priming and
-scoring run only when no request waits. So no lock guards the model, cancelling is just dropping a task, and each
-client's events leave in order.
+scoring run only when no request waits. So no lock guards the model, cancelling
+is just dropping a task, and each client's events leave in order.
 """
 import dataclasses
 import logging
