@@ -43,8 +43,8 @@ class PackedLinear(torch.nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 1)
             dense = dequantize_int4(levels, scales)
         else:
-            packed, scales = quantize_int8(weight)
-            dense = (packed.float() * scales.float()[:, None]).to(COMPUTE_DTYPE)
+            packed, scales = quantize_rows_int8(weight)
+            dense = dequantize_rows_int8(packed, scales)
         return cls(bits, dense, packed, scales, bias)
 
     def forward(self, inputs):
@@ -91,11 +91,19 @@ def dequantize_int4(levels, scales_and_zeros):
     return ((groups - 8) * scale[..., None] + zero[..., None]).reshape(outputs, inputs).to(COMPUTE_DTYPE)
 
 
-def quantize_int8(weight):
-    """Round a float32 [out, in] weight to 8 bits with one scale per output: (int8 weight, scales)."""
+def quantize_rows_int8(weight):
+    """Round a float32 [out, in] weight to 8 bits with one scale per output: (int8 weight, scales).
+
+    (formats.quantize_int8 is another thing: int8's dynamic quantization of a whole model.)
+    """
     scales = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny).to(COMPUTE_DTYPE)
     levels = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
     return levels, scales
+
+
+def dequantize_rows_int8(levels, scales):
+    """The dense bfloat16 weight an 8-bit layer stands for, exactly as the kernel reads it."""
+    return (levels.float() * scales.float()[:, None]).to(COMPUTE_DTYPE)
 
 
 def bits_for(linear, output):
