@@ -117,9 +117,9 @@ def time_llama_cpp(text_300, text_211, steps):
     misjudges (this machine's default build does, reading batches with AMX): the peer is
     optional, the benchmark goes on without it and says why.
     """
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is None:  # looked up, not imported: its native library loads in the child only
         return None
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
