@@ -185,6 +185,7 @@ def test_the_editor_writes_with_the_embedded_model_in_int4(browser):
         wait_until_done(page)
         first = option_texts(page)
         assert len(first) == 3 and all(first)
+        page.screenshot(path=str(ARTIFACTS / "editor-int4.png"))
         editor.press("Tab")
         wait_until_done(page)
         longer = option_texts(page)
