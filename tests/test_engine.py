@@ -593,6 +593,20 @@ def test_prompts_read_together_write_what_each_writes_alone_and_keep_the_same_ca
     assert [g.texts() for g in generations] == [g.texts() for g, _ in alone]
 
 
+def test_the_output_layer_gets_a_dense_input_when_prompts_are_read_together(engine):
+    # each prompt's last two positions are a strided slice of the batch; bfloat16 F.linear on one
+    # copies the whole output weight once per prompt, so the engine lays the input out first
+    seen = []
+    spy = engine.model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    try:
+        engine.start_many([("The history of the old town begins with a bridge", GREEDY, None),
+                           ("Dear diary, today I went to the", GREEDY, None)])
+    finally:
+        spy.remove()
+    assert seen == [((2, 2, engine.model.config.hidden_size), True)]
+
+
 def test_unread_counts_what_a_start_would_read(engine):
     text = "The history of the old town begins with a bridge"
     assert engine.unread(text, GREEDY) == len(engine.start(text, GREEDY)[0].prefix.ids)

@@ -164,6 +164,7 @@ class Engine:
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
         self._stack = None  # the batched steps' kvcache.Stack, kept while anyone in it writes on
+        _feed_densely(self.model.get_output_embeddings())
 
     # ---- the narrow interface -------------------------------------------------------
 
@@ -668,6 +669,18 @@ class Engine:
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _feed_densely(layer):
+    """Lay out the output layer's input densely before it multiplies.
+
+    Prompts read together keep each one's last two positions: a strided slice of the
+    batch. On such a 3-D input, bfloat16 `F.linear` takes a path that copies the whole
+    output weight once per prompt (6 prompts of the embedded model: 384 ms instead of 2).
+    """
+    if layer is not None and not getattr(layer, "_fed_densely", False):
+        layer.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        layer._fed_densely = True
 
 
 def beam_arguments(settings, count, length):

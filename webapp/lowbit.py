@@ -49,9 +49,10 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, inputs):
         """Multiply by the packed weights for up to SMALL_BATCH_ROWS rows, else by the dense copy."""
-        rows = inputs.reshape(-1, self.in_features)
+        rows = inputs.reshape(-1, self.in_features)  # 2-D: a strided 3-D input sends F.linear down a slow path
         if rows.shape[0] > SMALL_BATCH_ROWS:
-            return F.linear(inputs, self.weight, self.bias)
+            outputs = F.linear(rows, self.weight, self.bias)
+            return outputs.reshape(*inputs.shape[:-1], self.out_features)
         rows = rows.to(COMPUTE_DTYPE).contiguous()
         if self.bits == 4:
             outputs = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scales)
