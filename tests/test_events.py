@@ -338,26 +338,35 @@ def test_new_requests_that_read_little_are_read_in_one_pass(embedded_app):
     assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[2]["options"]
 
 
-def test_long_prompts_of_like_length_are_read_in_one_pass_and_a_short_one_beside_them_is_not(embedded_app):
-    engine = embedded_app.extensions["tabwrite"].scheduler.engine
-    settings = {**GREEDY, "length": 3, "n": 2}
-    paragraph = "The tide came in over the sand and the children ran back to the dunes. "
-    long_text = paragraph * 40  # ~650 tokens: read alone while the others arrive
-    texts = [f"Story {i}: " + paragraph * 18 + ending for i, ending in  # ~300 tokens each, within a few
-             enumerate(["The end.", "Then it rained all night.", "Nobody saw the boat again."])]
-    texts.append("On Mars, the")  # ~4 tokens: beside them it would be read at their cost
-    with counting_calls(engine, "start_many") as passes:
-        long_reader, *clients = [connect(embedded_app) for _ in range(5)]
-        long_reader.emit("suggest", {"id": "long", "text": long_text, "settings": settings})
-        for i, (client, text) in enumerate(zip(clients, texts)):
-            client.emit("suggest", {"id": f"r{i}", "text": text, "settings": settings})
-        results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
-        wait_for(long_reader, "long")
-    assert sorted(passes) == [1, 1, 3], f"the three long prompts in one pass, the short one on its own: {passes}"
-    assert all(r["stats"]["prompt_tokens"] > 250 for r in results[:3]) and results[3]["stats"]["prompt_tokens"] < 10
-    alone = connect(embedded_app)
-    alone.emit("suggest", {"id": "a", "text": texts[1], "settings": settings})
-    assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]
+@pytest.mark.parametrize("weights, expected", [(None, [1, 1, 3]), (774_030_080, [1, 1, 1, 1, 1])],
+                         ids=["embedded", "as-heavy-as-gpt2-large"])
+def test_long_prompts_of_like_length_are_read_in_one_pass_and_a_short_one_beside_them_is_not(embedded, weights,
+                                                                                             expected):
+    # a pass reads at most READ_TOGETHER_WORK (weights × padded tokens): a model with GPT-2 large's
+    # weight count reads 300-token prompts one by one, as its passes would otherwise last seconds
+    app = make_app(dataclasses.replace(embedded, parameters=weights or embedded.parameters))
+    try:
+        engine = app.extensions["tabwrite"].scheduler.engine
+        settings = {**GREEDY, "length": 3, "n": 2}
+        paragraph = "The tide came in over the sand and the children ran back to the dunes. "
+        long_text = paragraph * 40  # ~650 tokens: read alone while the others arrive
+        texts = [f"Story {i}: " + paragraph * 18 + ending for i, ending in  # ~300 tokens each, within a few
+                 enumerate(["The end.", "Then it rained all night.", "Nobody saw the boat again."])]
+        texts.append("On Mars, the")  # ~4 tokens: beside them it would be read at their cost
+        with counting_calls(engine, "start_many") as passes:
+            long_reader, *clients = [connect(app) for _ in range(5)]
+            long_reader.emit("suggest", {"id": "long", "text": long_text, "settings": settings})
+            for i, (client, text) in enumerate(zip(clients, texts)):
+                client.emit("suggest", {"id": f"r{i}", "text": text, "settings": settings})
+            results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
+            wait_for(long_reader, "long")
+        assert sorted(passes) == expected, f"passes of {passes} prompts"
+        assert all(r["stats"]["prompt_tokens"] > 250 for r in results[:3]) and results[3]["stats"]["prompt_tokens"] < 10
+        alone = connect(app)
+        alone.emit("suggest", {"id": "a", "text": texts[1], "settings": settings})
+        assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]
+    finally:
+        app.extensions["tabwrite"].scheduler.stop()
 
 
 def test_score_answers_with_the_documents_perplexity(embedded_app):

@@ -11,6 +11,7 @@ is just dropping a task, and each client's events leave in order.
 """
 import dataclasses
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ IDLE_WAIT = 1.0  # seconds the loop sleeps when there is nothing to do
 # document costs a few milliseconds (the tab's prompt cache), a fresh long one may take all.
 PREFILL_SLICE = 0.2
 # New requests are read together in one forward pass, their unread tokens left-padded to
-# the longest, up to this many padded tokens (rows × the longest). A pass costs about what
-# a decoding step does however few tokens it reads, and long prompts read together cost
-# less each: six 300-token prompts of the embedded model took 77 ms each, one alone 121.
-# Past ~2000 tokens a pass gains no more and only keeps its first reader waiting longer.
-READ_TOGETHER_TOKENS = 2048
+# the longest. A pass costs about what a decoding step does however few tokens it reads,
+# and long prompts read together cost less each (six 300-token prompts of the embedded
+# model: 77 ms each, one alone 121), but every writing request waits for the whole pass.
+# So one pass reads at most this much work, weights × padded tokens (rows × the longest),
+# about half a second here: 2048 tokens of the embedded model's 135M weights, 360 of GPT-2
+# large's 774M (whose prompts gain little from company: six of 300 tokens took 499 ms each).
+READ_TOGETHER_WORK = 2.8e11
 # The most padding a request may add to a pass: a short prompt beside a long one would be
 # read at the long one's cost, more than a pass of its own (about 40 ms, plus 0.25 ms a token).
 PADDING_ALLOWANCE = 128
@@ -166,14 +169,15 @@ class Scheduler:
         return started
 
     def _read_together(self, fresh):
-        """The oldest new request, and after it the next ones that fit one pass with it (see READ_TOGETHER_TOKENS)."""
+        """The oldest new request, and after it the next ones that fit one pass with it (see READ_TOGETHER_WORK)."""
+        budget = READ_TOGETHER_WORK / max(1, self.engine.loaded.parameters)  # padded tokens
         together, longest = [fresh[0]], self._unread(fresh[0])
         for task in fresh[1:]:
             tokens = self._unread(task)
             wider = max(longest, tokens)
             # a shorter prompt is padded to the longest; a longer one pads every prompt already in
             padding = wider - tokens if tokens <= longest else len(together) * (tokens - longest)
-            if (len(together) + 1) * wider <= READ_TOGETHER_TOKENS and padding <= PADDING_ALLOWANCE:
+            if (len(together) + 1) * wider <= budget and padding <= PADDING_ALLOWANCE:
                 together.append(task)
                 longest = wider
         return together
@@ -187,7 +191,7 @@ class Scheduler:
         """
         if task.unread is None:
             settings = task.request.settings
-            task.unread = READ_TOGETHER_TOKENS if settings.mode == protocol.BEAM else \
+            task.unread = math.inf if settings.mode == protocol.BEAM else \
                 self.engine.unread(task.request.text, settings, self.prefixes.get(task.sid))
         return task.unread
 
