@@ -126,19 +126,23 @@ def timed(call):
 
 
 def weight_bytes(model):
-    """Bytes of weights a client's decoding step reads: every parameter once, packed weights as packed."""
+    """Bytes of weights a client's decoding step reads: every parameter once, packed and blocked weights as stored."""
+    from webapp.blocked import BlockedLinear
     from webapp.lowbit import PackedLinear
 
     def size(tensor):
         return tensor.numel() * tensor.element_size()
 
-    unread = {id(m.weight) for m in model.modules() if isinstance(m, PackedLinear)}  # dense copies: large batches
-    if isinstance(model.get_output_embeddings(), PackedLinear):
+    dense_copies = [m.dense for m in model.modules() if isinstance(m, PackedLinear)]  # for large batches only
+    unread = {id(tensor) for layer in dense_copies for tensor in [*layer.parameters(), *layer.buffers()]}
+    if isinstance(model.get_output_embeddings(), (PackedLinear, BlockedLinear)):
         unread.add(id(model.get_input_embeddings().weight))  # no longer the output layer: a row per token is read
     total = sum(size(p) for p in model.parameters() if id(p) not in unread)
     for module in model.modules():
         if isinstance(module, PackedLinear):
             total += size(module.packed) + size(module.scales)
+        if isinstance(module, BlockedLinear) and id(module.blocked) not in unread:
+            total += size(module.blocked)
         packed = getattr(module, "_packed_params", None)  # int8's dynamically quantized layers
         if packed is not None:
             weight, bias = packed._weight_bias()

@@ -58,6 +58,9 @@ class FailingModel(torch.nn.Module):
         self.calls = 0
         self.fail_on_call = fail_on_call
 
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
     def forward(self, **inputs):
         self.calls += 1
         if self.calls == self.fail_on_call:

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import build_tiny_gpt2, connect, make_app, payloads, wait_for
-from webapp import lowbit
+from webapp import blocked, lowbit
+from webapp.blocked import BlockedLinear
 from webapp.engine import Engine
 from webapp.formats import apply_format
 from webapp.lowbit import (GROUP, SMALL_BATCH_ROWS, PackedLinear, bits_for, dequantize_int4, pack_model,
@@ -99,7 +100,8 @@ def test_layers_the_kernels_cannot_take_stay_bfloat16_and_the_model_still_runs(e
         apply_format(model, "int4", "cpu")
         approximate = torch.softmax(model(input_ids=ids).logits.float(), dim=-1)
     layers = {name: module for name, module in model.named_modules() if "Linear" in type(module).__name__}
-    assert all(type(layer) is torch.nn.Linear for layer in layers.values() if layer.in_features == 40)
+    plain = BlockedLinear if blocked.available() else torch.nn.Linear  # bfloat16, laid out for AMX where it can
+    assert all(type(layer) is plain for layer in layers.values() if layer.in_features == 40)
     assert layers["transformer.h.0.mlp.c_proj"].bits == 8  # 160 inputs, 40 outputs
     assert (reference - approximate).abs().max() < 0.05
     assert bits_for(torch.nn.Linear(64, 50), output=False) == 8  # outputs not in multiples of 16: 8 bits

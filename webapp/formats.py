@@ -61,7 +61,10 @@ def torch_dtype(name):
 
 
 def apply_format(model, name, device):
-    """Make a loaded model run in format `name`: Conv1D as Linear on the CPU, then int8 or int4 where asked."""
+    """Make a loaded model run in format `name`: Conv1D as Linear on the CPU, then int8 or int4 where asked.
+
+    bfloat16 layers on the CPU get their weights laid out once for its matrix units (blocked.py).
+    """
     if device == "cpu" and name != "float32":
         conv1d_to_linear(model)
     if name == "int8":
@@ -70,6 +73,11 @@ def apply_format(model, name, device):
         from .lowbit import pack_model
 
         pack_model(model)
+    if device == "cpu" and name in ("bfloat16", "int4"):
+        from .blocked import available, block_linear_layers
+
+        if available():
+            block_linear_layers(model)  # int4: the layers its kernels cannot take, which stayed bfloat16
     return model
 
 

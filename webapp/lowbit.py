@@ -11,7 +11,8 @@ a layer multiplies by its dense copy: the same packed values written out in bflo
 both paths compute the same model and a text does not depend on which one ran.
 """
 import torch
-import torch.nn.functional as F
+
+from .blocked import dense_layer
 
 GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the embedded model's weights fit exactly
 # rows up to which the packed kernels beat the dense bfloat16 product here: GPT-2-large's step
@@ -27,11 +28,15 @@ class PackedLinear(torch.nn.Module):
         super().__init__()
         self.bits = bits
         self.out_features, self.in_features = dense.shape
-        # the dense copy stays a parameter named `weight`, so code that reads layer.weight keeps working
-        self.weight = torch.nn.Parameter(dense, requires_grad=False)
+        self.dense = dense_layer(dense, bias)  # the large batches' layer: blocked for the matrix units where it can
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
+
+    @property
+    def weight(self):
+        """The dense bfloat16 [out, in] weight the packed one stands for."""
+        return self.dense.weight
 
     @classmethod
     def from_linear(cls, linear, bits):
@@ -51,8 +56,7 @@ class PackedLinear(torch.nn.Module):
         """Multiply by the packed weights for up to SMALL_BATCH_ROWS rows, else by the dense copy."""
         rows = inputs.reshape(-1, self.in_features)  # 2-D: a strided 3-D input sends F.linear down a slow path
         if rows.shape[0] > SMALL_BATCH_ROWS:
-            outputs = F.linear(rows, self.weight, self.bias)
-            return outputs.reshape(*inputs.shape[:-1], self.out_features)
+            return self.dense(rows).reshape(*inputs.shape[:-1], self.out_features)
         rows = rows.to(COMPUTE_DTYPE).contiguous()
         if self.bits == 4:
             outputs = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scales)
