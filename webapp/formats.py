@@ -10,6 +10,7 @@ keeps its weights in `Conv1D` modules, which neither bfloat16 kernels nor the qu
 treat as linear layers, so they become `nn.Linear` first. `bench/formats.py` measures
 speed and perplexity of each.
 """
+import functools
 import warnings
 from pathlib import Path
 
@@ -17,15 +18,16 @@ FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with fast bfloat16 matrix units
 
 
+@functools.cache  # read once: every packed layer asks whether the CPU has bfloat16 units
 def cpu_flags():
     """The CPU's feature flags (Linux); empty where they cannot be read."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def pick_format(requested, device, flags=None, ships_4bit=False):
