@@ -2,11 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_tiny_gpt2
 from webapp import blocked
 from webapp.blocked import BlockedLinear, block_linear_layers, dense_layer
 from webapp.config import cache_dir
 from webapp.engine import Engine
-from webapp.models import load_model, resolve_model
+from webapp.models import ModelSpec, estimate_weight_bytes, load_model, resolve_model
 from webapp.protocol import SamplingSettings
 
 pytestmark = pytest.mark.skipif(not blocked.available(), reason="no oneDNN bfloat16 units on this CPU")
@@ -71,3 +72,15 @@ def write(engine, text):
     while not generation.finished:
         engine.step(generation)
     return generation.texts()
+
+
+def test_the_memory_estimate_counts_the_tied_output_layers_blocked_copy(tmp_path, embedded):
+    build_tiny_gpt2(embedded.tokenizer, n_embd=64).save_pretrained(tmp_path)
+    embedded.tokenizer.save_pretrained(tmp_path)
+    spec = ModelSpec("tiny", str(tmp_path), "local")
+    loaded = load_model(spec, "cpu", "bfloat16")
+    held = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    held += sum(m.blocked.numel() * m.blocked.element_size() for m in loaded.model.modules()
+                if isinstance(m, BlockedLinear))
+    assert estimate_weight_bytes(spec, "bfloat16", device="cpu") == held
+    assert estimate_weight_bytes(spec, "bfloat16", device="cuda") == loaded.parameters * 2  # no blocked copies there

@@ -41,7 +41,8 @@ class ModelLoader:
 
     def weight_bytes(self):
         """Memory the weights will take, from the model's configuration (nothing is loaded)."""
-        return self.runner.run_blocking(estimate_weight_bytes, self.spec, self.dtype, settings.cache_dir(self.config))
+        return self.runner.run_blocking(estimate_weight_bytes, self.spec, self.dtype, settings.cache_dir(self.config),
+                                        self.device)
 
     def load(self):
         """Read the weights and warm the engine up (call from a green thread); True when the model serves."""

@@ -235,10 +235,12 @@ def count_parameters(model):
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def estimate_weight_bytes(spec, dtype="float32", cache_root=None):
-    """Memory the weights of `spec` will take in `dtype`, from its configuration alone (built on the meta device)."""
+def estimate_weight_bytes(spec, dtype="float32", cache_root=None, device="cpu"):
+    """Memory the weights of `spec` will take in `dtype` on `device`, from its configuration alone (meta device)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .blocked import available
 
     location = spec.location
     if spec.source == EMBEDDED:
@@ -246,9 +248,15 @@ def estimate_weight_bytes(spec, dtype="float32", cache_root=None):
     config = AutoConfig.from_pretrained(location, local_files_only=spec.offline)
     with torch.device("meta"):  # shapes only: no memory, no random initialisation
         skeleton = AutoModelForCausalLM.from_config(config)
+    weight_format = pick_dtype(dtype, device, spec)
     # int8 and int4 count as float32, the dtype they load in before packing: an upper bound
-    element = torch.empty((), dtype=torch_dtype(pick_dtype(dtype, "cpu", spec))).element_size()
-    return count_parameters(skeleton) * element
+    element = torch.empty((), dtype=torch_dtype(weight_format)).element_size()
+    total = count_parameters(skeleton) * element
+    output, embedding = skeleton.get_output_embeddings(), skeleton.get_input_embeddings()
+    tied = output is not None and embedding is not None and output.weight is embedding.weight
+    if tied and weight_format == "bfloat16" and device == "cpu" and available():
+        total += output.weight.numel() * element  # the output layer's blocked copy of its own (blocked.py)
+    return total
 
 
 def _model_window(model):
