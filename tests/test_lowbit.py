@@ -77,6 +77,24 @@ def test_the_small_batch_path_runs_the_packed_kernel(monkeypatch):
     assert calls == [(3, 64)]  # the larger batch took the dense copy
 
 
+@pytest.mark.parametrize("bits, shape, packed_up_to", [(4, (64, 32), 8), (4, (1024, 1024), 4), (8, (64, 32), 4)],
+                         ids=["small-4-bit", "large-4-bit", "8-bit"])
+def test_against_a_blocked_copy_packed_layers_stay_packed_for_one_block_of_rows_small_4_bit_ones_two(
+        monkeypatch, bits, shape, packed_up_to):
+    # the kernels read 4 rows at a time; only the embedded model's small 4-bit layers stay ahead for 8
+    layer = PackedLinear.from_linear(torch.nn.Linear(*shape), bits)
+    expected = packed_up_to if blocked.available() else SMALL_BATCH_ROWS
+    assert layer.small_batch_rows == expected
+    name = "_weight_int4pack_mm_for_cpu" if bits == 4 else "_weight_int8pack_mm"
+    calls, kernel = [], getattr(torch.ops.aten, name)
+    monkeypatch.setattr(lowbit.torch.ops.aten, name, lambda *args: calls.append(len(args[0])) or kernel(*args),
+                        raising=False)
+    for rows in (1, expected, expected + 1):
+        layer(torch.randn(rows, shape[0]).bfloat16())
+    assert calls == [1, expected]
+    assert lowbit.small_batch_rows(4, 1 << 20, blocked=False) == SMALL_BATCH_ROWS  # plain copies: 8, as measured
+
+
 def test_pack_model_gives_the_output_layer_8_bits_and_everything_else_4(embedded):
     model = build_tiny_gpt2(embedded.tokenizer, n_embd=128)
     ids = torch.tensor([list(range(100, 140))])

@@ -6,18 +6,27 @@ PyTorch's CPU kernels read packed weights directly: `_weight_int4pack_mm_for_cpu
 groups of GROUP weights sharing a scale and a zero point, the layout of GGUF's Q4_1, in
 which the embedded model ships) and `_weight_int8pack_mm` (8 bits, one scale per output).
 Their cost grows with every row, though, while a bfloat16 product on the AMX units hardly
-notices 90 rows. So above SMALL_BATCH_ROWS (a class's batched step, a prompt being read)
-a layer multiplies by its dense copy: the same packed values written out in bfloat16, so
-both paths compute the same model and a text does not depend on which one ran.
+notices 90 rows. So above a few rows (`small_batch_rows`: a class's batched step, a
+prompt being read) a layer multiplies by its dense copy: the same packed values written
+out in bfloat16, so both paths compute the same model and a text does not depend on
+which one ran.
 """
 import torch
 
-from .blocked import dense_layer
+from .blocked import BlockedLinear, dense_layer
 
 GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the embedded model's weights fit exactly
-# rows up to which the packed kernels beat the dense bfloat16 product here: GPT-2-large's step
-# took 232 against 257 ms at 6 rows, 318 against 300 ms at 9 (the embedded model's crosses at 12 to 15)
+# Rows up to which the packed kernels beat the dense bfloat16 copy here. They read 4 rows at
+# a time, so 5 rows cost as much as 8. Against a plain F.linear copy, GPT-2-large's step took 232
+# against 257 ms at 6 rows, 318 against 300 ms at 9 (the embedded model's crossed at 12 to 15).
 SMALL_BATCH_ROWS = 8
+# Against a blocked copy (blocked.py) the dense side is faster: packed stays ahead up to one block
+# of 4 rows, except in the embedded model's small 4-bit layers, up to 8 (576 × 1536 at 5 rows: 0.104
+# against 0.099 ms, even; its step at 8 rows 38 against 42 ms). GPT-2-large's 1280 × 5120 took 0.66
+# against 0.44 ms at 5 rows (its step at 8 rows: 124 against 139 ms), the 8-bit output layer 3.6
+# against 1.6 ms.
+KERNEL_BLOCK_ROWS = 4
+SMALL_LAYER_WEIGHTS = 1 << 20
 COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (their float32 path is slow)
 
 
@@ -29,6 +38,7 @@ class PackedLinear(torch.nn.Module):
         self.bits = bits
         self.out_features, self.in_features = dense.shape
         self.dense = dense_layer(dense, bias)  # the large batches' layer: blocked for the matrix units where it can
+        self.small_batch_rows = small_batch_rows(bits, dense.numel(), isinstance(self.dense, BlockedLinear))
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
@@ -53,9 +63,9 @@ class PackedLinear(torch.nn.Module):
         return cls(bits, dense, packed, scales, bias)
 
     def forward(self, inputs):
-        """Multiply by the packed weights for up to SMALL_BATCH_ROWS rows, else by the dense copy."""
+        """Multiply by the packed weights for up to `small_batch_rows` rows, else by the dense copy."""
         rows = inputs.reshape(-1, self.in_features)  # 2-D: a strided 3-D input sends F.linear down a slow path
-        if rows.shape[0] > SMALL_BATCH_ROWS:
+        if rows.shape[0] > self.small_batch_rows:
             return self.dense(rows).reshape(*inputs.shape[:-1], self.out_features)
         rows = rows.to(COMPUTE_DTYPE).contiguous()
         if self.bits == 4:
@@ -109,6 +119,13 @@ def quantize_rows_int8(weight):
 def dequantize_rows_int8(levels, scales):
     """The dense bfloat16 weight an 8-bit layer stands for, exactly as the kernel reads it."""
     return (levels.float() * scales.float()[:, None]).to(COMPUTE_DTYPE)
+
+
+def small_batch_rows(bits, weights, blocked):
+    """Rows up to which a layer of `weights` packed in `bits` multiplies packed, not by its dense copy."""
+    if not blocked:
+        return SMALL_BATCH_ROWS
+    return 2 * KERNEL_BLOCK_ROWS if bits == 4 and weights < SMALL_LAYER_WEIGHTS else KERNEL_BLOCK_ROWS
 
 
 def bits_for(linear, output):
