@@ -21,10 +21,10 @@ GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the 
 # against 257 ms at 6 rows, 318 against 300 ms at 9 (the embedded model's crossed at 12 to 15).
 SMALL_BATCH_ROWS = 8
 # Against a blocked copy (blocked.py) the dense side is faster: packed stays ahead up to one block
-# of 4 rows, except in the embedded model's small 4-bit layers, up to 8 (576 × 1536 at 5 rows: 0.104
-# against 0.099 ms, even; its step at 8 rows 38 against 42 ms). GPT-2-large's 1280 × 5120 took 0.66
-# against 0.44 ms at 5 rows (its step at 8 rows: 124 against 139 ms), the 8-bit output layer 3.6
-# against 1.6 ms.
+# of 4 rows, except in the embedded model's small 4-bit layers, up to 8. Packed against dense:
+# 576 × 1536 at 5 rows 0.104 against 0.099 ms, even, and the embedded step at 8 rows 38 against
+# 42 ms; GPT-2-large's 1280 × 5120 at 5 rows 0.66 against 0.44 ms, its step at 8 rows 139 against
+# 124 ms; the 8-bit output layer at 6 rows 3.5 against 1.6 ms.
 KERNEL_BLOCK_ROWS = 4
 SMALL_LAYER_WEIGHTS = 1 << 20
 COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (their float32 path is slow)
