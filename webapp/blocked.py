@@ -12,15 +12,14 @@ element now and then comes out one bfloat16 rounding apart (another summation or
 """
 import torch
 
-from .formats import BF16_CPU_FLAGS, cpu_flags
+from .formats import has_bf16_units
 
 DTYPE = torch.bfloat16
 
 
 def available(flags=None):
     """Whether this PyTorch and CPU (its /proc/cpuinfo `flags`) can run blocked bfloat16 layers."""
-    flags = cpu_flags() if flags is None else flags
-    return (torch.backends.mkldnn.is_available() and any(flag in flags for flag in BF16_CPU_FLAGS)
+    return (torch.backends.mkldnn.is_available() and has_bf16_units(flags)
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 

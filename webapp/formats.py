@@ -30,6 +30,12 @@ def cpu_flags():
     return frozenset()
 
 
+def has_bf16_units(flags=None):
+    """Whether the CPU (its /proc/cpuinfo `flags`, read here when not given) has bfloat16 matrix units."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
 def pick_format(requested, device, flags=None, ships_4bit=False):
     """Resolve `--dtype auto` for `device`; check an explicit choice. Returns a name from FORMATS.
 
@@ -43,8 +49,7 @@ def pick_format(requested, device, flags=None, ships_4bit=False):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         if device == "mps":
             return "float16"
-        flags = cpu_flags() if flags is None else flags
-        if not flags & set(BF16_CPU_FLAGS):
+        if not has_bf16_units(flags):
             return "float32"
         return "int4" if ships_4bit else "bfloat16"
     if requested not in FORMATS:
