@@ -23,6 +23,11 @@ def available(flags=None):
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
+def used_for(weight_format, device):
+    """Whether a model in `weight_format` on `device` gets blocked layers (bfloat16 ones, int4's dense copies)."""
+    return device == "cpu" and weight_format in ("bfloat16", "int4") and available()
+
+
 class BlockedLinear(torch.nn.Module):
     """A bfloat16 linear layer holding its weight in oneDNN's blocked layout."""
 

@@ -80,11 +80,11 @@ def apply_format(model, name, device):
         from .lowbit import pack_model
 
         pack_model(model)
-    if device == "cpu" and name in ("bfloat16", "int4"):
-        from .blocked import available, block_linear_layers
 
-        if available():
-            block_linear_layers(model)  # int4: the layers its kernels cannot take, which stayed bfloat16
+    from .blocked import block_linear_layers, used_for  # here: blocked.py imports this module
+
+    if used_for(name, device):
+        block_linear_layers(model)  # int4: the layers its kernels cannot take, which stayed bfloat16
     return model
 
 

@@ -240,7 +240,7 @@ def estimate_weight_bytes(spec, dtype="float32", cache_root=None, device="cpu"):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .blocked import available
+    from .blocked import used_for
 
     location = spec.location
     if spec.source == EMBEDDED:
@@ -254,7 +254,8 @@ def estimate_weight_bytes(spec, dtype="float32", cache_root=None, device="cpu"):
     total = count_parameters(skeleton) * element
     output, embedding = skeleton.get_output_embeddings(), skeleton.get_input_embeddings()
     tied = output is not None and embedding is not None and output.weight is embedding.weight
-    if tied and weight_format == "bfloat16" and device == "cpu" and available():
+    # int4's float32 count already bounds its packed and dense copies; bfloat16 gets a blocked output copy on top
+    if tied and weight_format == "bfloat16" and used_for(weight_format, device):
         total += output.weight.numel() * element  # the output layer's blocked copy of its own (blocked.py)
     return total
 
