@@ -134,7 +134,8 @@ def weight_bytes(model):
         return tensor.numel() * tensor.element_size()
 
     dense_copies = [m.dense for m in model.modules() if isinstance(m, PackedLinear)]  # for large batches only
-    unread = {id(tensor) for layer in dense_copies for tensor in [*layer.parameters(), *layer.buffers()]}
+    unread = {id(tensor) for layer in dense_copies  # their bias is the packed path's too
+              for name, tensor in [*layer.named_parameters(), *layer.named_buffers()] if name != "bias"}
     if isinstance(model.get_output_embeddings(), (PackedLinear, BlockedLinear)):
         unread.add(id(model.get_input_embeddings().weight))  # no longer the output layer: a row per token is read
     total = sum(size(p) for p in model.parameters() if id(p) not in unread)

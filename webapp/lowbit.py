@@ -39,7 +39,6 @@ class PackedLinear(torch.nn.Module):
         self.out_features, self.in_features = dense.shape
         self.dense = dense_layer(dense, bias)  # the large batches' layer: blocked for the matrix units where it can
         self.small_batch_rows = small_batch_rows(bits, dense.numel(), isinstance(self.dense, BlockedLinear))
-        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
 
@@ -47,6 +46,11 @@ class PackedLinear(torch.nn.Module):
     def weight(self):
         """The dense bfloat16 [out, in] weight the packed one stands for."""
         return self.dense.weight
+
+    @property
+    def bias(self):
+        """The bias, held once by the dense layer and added on both paths."""
+        return self.dense.bias
 
     @classmethod
     def from_linear(cls, linear, bits):
