@@ -63,7 +63,8 @@ def dense_layer(weight, bias=None, flags=None):
     if available(flags):
         return BlockedLinear(weight, bias)
     out_features, in_features = weight.shape
-    linear = torch.nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=DTYPE)
+    # shapes only (no random initialisation to throw away), then the given values
+    linear = torch.nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=DTYPE)
     linear.weight = torch.nn.Parameter(weight.detach().to(DTYPE), requires_grad=False)
     if bias is not None:
         linear.bias = torch.nn.Parameter(bias.detach().to(DTYPE), requires_grad=False)
