@@ -28,6 +28,15 @@ def embedded():
     return load_model(resolve_model("embedded"), device="cpu", dtype="float32", cache_root=cache_dir({}))
 
 
+def run(engine, text, settings):
+    """Start a request on `engine` and step it to the end; return the generation and every delta sent."""
+    generation, first = engine.start(text, settings)
+    deltas = [first]
+    while not generation.finished:
+        deltas.append(engine.step(generation))
+    return generation, deltas
+
+
 def build_tiny_gpt2(tokenizer, n_positions=256, seed=0, **sizes):
     """A GPT-2-architecture model with random weights and the embedded tokenizer's vocabulary."""
     from transformers import GPT2Config, GPT2LMHeadModel

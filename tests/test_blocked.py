@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_gpt2
+from conftest import build_tiny_gpt2, run
 from webapp import blocked
 from webapp.blocked import BlockedLinear, block_linear_layers, dense_layer
 from webapp.config import cache_dir
@@ -61,17 +61,10 @@ def test_a_bfloat16_model_is_served_with_blocked_layers_and_writes_what_plain_la
     assert block_linear_layers(served.model) == [], "nothing plain is left to lay out"
     texts = ["The history of the old town begins with", "Dear diary, today I"]
     for text in texts:
-        assert write(Engine(served), text) == write(Engine(plain), text)
+        assert run(Engine(served), text, GREEDY)[0].texts() == run(Engine(plain), text, GREEDY)[0].texts()
     ids = served.tokenizer(" ".join(texts), return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(served.model(ids).logits, plain.model(ids).logits)
-
-
-def write(engine, text):
-    generation, _ = engine.start(text, GREEDY)
-    while not generation.finished:
-        engine.step(generation)
-    return generation.texts()
 
 
 def test_the_memory_estimate_counts_the_tied_output_layers_blocked_copy(tmp_path, embedded):

@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import run
 
 from webapp import kvcache
 from webapp.engine import Engine
@@ -14,15 +15,6 @@ GREEDY = SamplingSettings(n=1, temperature=0, length=8, stop_at="length", max_ti
 @pytest.fixture(scope="module")
 def engine(embedded):
     return Engine(embedded)
-
-
-def run(engine, text, settings):
-    """Start a request and step it to the end; return the generation and every delta sent."""
-    generation, first = engine.start(text, settings)
-    deltas = [first]
-    while not generation.finished:
-        deltas.append(engine.step(generation))
-    return generation, deltas
 
 
 def finish_step(engine, generation):

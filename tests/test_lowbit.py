@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_gpt2, connect, make_app, payloads, wait_for
+from conftest import build_tiny_gpt2, connect, make_app, payloads, run, wait_for
 from webapp import blocked, lowbit
 from webapp.blocked import BlockedLinear
 from webapp.engine import Engine
@@ -159,9 +159,7 @@ def test_a_row_gets_close_logits_alone_and_in_a_large_batch(embedded, embedded_i
 def test_the_engine_writes_with_the_int4_model_as_its_generate_does(embedded_int4):
     engine = Engine(embedded_int4)
     settings = SamplingSettings(n=2, temperature=0, length=10, stop_at="length")
-    generation, _ = engine.start("The capital of France is Paris. The capital of Germany is", settings)
-    while not generation.finished:
-        engine.step(generation)
+    generation, _ = run(engine, "The capital of France is Paris. The capital of Germany is", settings)
     prompt = torch.tensor([generation.prompt_ids] * 2)  # two rows, as the engine's two options: the packed path
     expected = embedded_int4.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10,
                                             do_sample=False, pad_token_id=engine.pad_id)
