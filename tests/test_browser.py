@@ -170,22 +170,24 @@ def test_the_status_bar_shows_the_documents_perplexity_and_follows_the_text(page
     page.screenshot(path=str(ARTIFACTS / "status-perplexity.png"))
 
 
-def test_the_editor_writes_with_the_embedded_model_in_int4(browser):
-    """The format `auto` picks on CPUs with bfloat16 units, end to end: status, Tab, Tab again, Enter."""
+@pytest.mark.parametrize("dtype", ["int4", "bfloat16"])
+def test_the_editor_writes_with_the_embedded_model_in_a_cpu_format(browser, dtype):
+    """int4 (what `auto` picks on CPUs with bfloat16 units) and bfloat16 (every layer blocked for AMX there),
+    end to end: status, Tab, Tab again, Enter."""
     from browsing import open_page
     from conftest import RunningServer
 
-    server = RunningServer("embedded", {"TABWRITE_DTYPE": "int4"}).wait_ready()
+    server = RunningServer("embedded", {"TABWRITE_DTYPE": dtype}).wait_ready()
     try:
         page = open_page(browser, server.url)
-        page.get_by_role("status", name="Status bar").filter(has_text="cpu · int4").wait_for()
+        page.get_by_role("status", name="Status bar").filter(has_text=f"cpu · {dtype}").wait_for()
         set_settings(page, {"seed": "3", "length": "6", "stop_at": "length"})
         editor = write(page, "The best thing about summer is")
         editor.press("Tab")
         wait_until_done(page)
         first = option_texts(page)
         assert len(first) == 3 and all(first)
-        page.screenshot(path=str(ARTIFACTS / "editor-int4.png"))
+        page.screenshot(path=str(ARTIFACTS / f"editor-{dtype}.png"))
         editor.press("Tab")
         wait_until_done(page)
         longer = option_texts(page)
