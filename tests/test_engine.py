@@ -417,7 +417,7 @@ def test_next_token_distribution_is_the_models_and_reuses_the_prefix(engine, emb
 
 def test_decoding_steps_write_into_the_caches_spare_room(engine):
     generation, _ = engine.start("The weather today is", dataclasses.replace(GREEDY, n=2, length=6))
-    engine.step(generation)  # the first step moves the shared prompt into buffers with room to spare
+    engine.step(generation)  # the first step writes the options' first tokens into buffers with room to spare
     layer = generation.cache.layers[0]
     buffer = layer.buffers[0]
     length = layer.keys.shape[-2]
@@ -538,7 +538,8 @@ def test_a_healed_token_re_spelled_as_it_was_is_read_ahead_and_words_come_at_onc
     assert generation.healed == " a"
     assert all(o.tokens[0] == generation.healed_id and len(o.tokens) == 2 for o in generation.options)
     assert all(delta.strip() for delta in deltas), "visible words from the prompt's own pass"
-    assert generation.cache.get_seq_length() == len(generation.prompt_ids) + 1, "the read-ahead token is kept"
+    assert generation.prompt.cache.get_seq_length() == len(generation.prompt_ids) + 1, "the read-ahead token is kept"
+    assert generation.prompt.visible.all() and generation.cache.get_seq_length() == 0
     finish_step(engine, generation)
     prompt = torch.tensor([generation.prompt_ids + generation.options[0].tokens[:1]])
     expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
@@ -549,7 +550,8 @@ def test_a_healed_token_spelled_differently_replaces_the_read_ahead_one(engine):
     generation, deltas = engine.start("I love to play foot", GREEDY)
     first = generation.options[0].tokens[0]
     assert generation.healed == " foot" and first != generation.healed_id and deltas == ["ball"], "a longer word"
-    assert generation.cache.get_seq_length() == len(generation.prompt_ids), "the read-ahead position is gone"
+    assert generation.prompt.cache.get_seq_length() == len(generation.prompt_ids), "the read-ahead position is gone"
+    assert generation.prompt.visible.shape[1] == len(generation.prompt_ids)
     finish_step(engine, generation)
     prompt = torch.tensor([generation.prompt_ids + [first]])
     expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
@@ -573,7 +575,8 @@ def test_prompts_read_together_write_what_each_writes_alone_and_keep_the_same_ca
     assert [deltas for _, deltas in together] == [deltas for _, deltas in alone]
     for (mine, _), (reference, _) in zip(together[:-1], alone[:-1]):
         assert mine.prefix.ids == reference.prefix.ids
-        assert mine.cache.get_seq_length() == reference.cache.get_seq_length() == mine.mask.shape[1]
+        assert mine.prompt.cache.get_seq_length() == reference.prompt.cache.get_seq_length()
+        assert mine.prompt.cache.get_seq_length() == mine.prompt.visible.shape[1]
         for layer, expected in zip(mine.prefix.cache.layers, reference.prefix.cache.layers):
             assert torch.allclose(layer.keys, expected.keys, atol=1e-4)
             assert torch.allclose(layer.values, expected.values, atol=1e-4)
@@ -626,8 +629,47 @@ def test_options_that_spell_the_healed_token_differently_hide_the_read_ahead_pos
         ids = generation.prompt_ids + option.tokens[:-1]
         with torch.inference_mode():
             direct = embedded.model(input_ids=torch.tensor([ids]), use_cache=True).cache
-        visible = generation.mask[row].nonzero()[:, 0]
-        assert len(visible) == len(ids)
-        for layer, expected in zip(generation.cache.layers, direct.layers):
-            assert torch.allclose(layer.keys[row][:, visible], expected.keys[0], atol=1e-4)
-            assert torch.allclose(layer.values[row][:, visible], expected.values[0], atol=1e-4)
+        for (keys, values), expected in zip(seen_by(generation, row), direct.layers):
+            assert keys.shape == expected.keys[0].shape
+            assert torch.allclose(keys, expected.keys[0], atol=1e-4)
+            assert torch.allclose(values, expected.values[0], atol=1e-4)
+
+
+def seen_by(generation, row):
+    """Per layer: the keys and values option `row` attends to, the prompt's visible positions and then its own."""
+    in_prompt = generation.prompt.visible[row].nonzero()[:, 0]
+    own = generation.mask[row].nonzero()[:, 0]
+    return [(torch.cat([prompt.keys[0][:, in_prompt], mine.keys[row][:, own]], dim=1),
+             torch.cat([prompt.values[0][:, in_prompt], mine.values[row][:, own]], dim=1))
+            for prompt, mine in zip(generation.prompt.cache.layers, generation.cache.layers)]
+
+
+def test_options_in_a_batch_read_their_prompt_from_one_row_and_keep_only_their_own_tokens(engine):
+    texts = ["The history of the old town begins with a bridge over the river", "Dear diary, today I went to the"]
+    generations = [engine.start(text, dataclasses.replace(GREEDY, n=3))[0] for text in texts]
+    for steps in range(1, 4):
+        engine.step_many(generations)
+        assert engine._prompts.used_rows == len(texts), "one row per request, not per option"
+        assert engine._prompts.width == max(g.prompt.cache.get_seq_length() for g in generations)
+        assert engine._stack.used_rows == 6 and engine._stack.width == steps, "the options' own tokens only"
+        assert all(g.prompt.cache.get_seq_length() == len(g.prompt_ids) + (g.healed_id is not None)
+                   for g in generations), "the prompts are never written"
+    alone = [run(engine, text, dataclasses.replace(GREEDY, n=3, length=4))[0] for text in texts]
+    assert [[o.tokens[:4] for o in g.options] for g in generations] == [[o.tokens for o in g.options] for g in alone]
+
+
+def test_the_next_tab_on_an_edited_prompt_does_not_write_over_what_the_last_options_read(engine):
+    text = "The history of the old town begins with a bridge over the"
+    settings = dataclasses.replace(GREEDY, n=2, length=4)
+    earlier = engine.start(text[:-len(" bridge over the")], settings)[0].prefix
+    _, shown = run_with(engine, text, settings, earlier)  # its prompt cache now grows in buffers of its own
+    assert shown.reused > 0
+    seen = [keys.clone() for keys, _ in seen_by(shown, 0)]
+    # the writer changes the last word and presses Tab again: the client's prompt cache is cut back and written on
+    _, edited = run_with(engine, text[:-len(" the")] + " a", settings, shown.prefix)
+    assert edited.reused > 0
+    assert all(torch.equal(keys, before) for (keys, _), before in zip(seen_by(shown, 0), seen))
+    engine.extend(shown, {"length": 8})  # Tab again on the first options: they go on from what they read
+    finish_step(engine, shown)
+    reference, _ = run(engine, text, dataclasses.replace(GREEDY, n=2, length=12))
+    assert shown.texts() == reference.texts()

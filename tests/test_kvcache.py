@@ -81,7 +81,8 @@ def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypa
         if writing and rng.random() < 0.25:  # someone finishes or is cancelled
             writing.pop(rng.randrange(len(writing)))
         if len(writing) < 6 and rng.random() < 0.35:  # someone new presses Tab
-            writing.insert(rng.randrange(len(writing) + 1), Holder(rng.randint(1, 3), rng.randint(1, 40), rng))
+            # a length of 0: options before their first fed token, whose own cache is still empty
+            writing.insert(rng.randrange(len(writing) + 1), Holder(rng.randint(1, 3), rng.randint(0, 40), rng))
         if not writing:
             stack = None
             continue
@@ -92,3 +93,58 @@ def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypa
         write_a_step(stack, rng)
         assert_holds_exactly(stack)
     assert moves > 3, "the run went through several stacks (rows and columns ran out)"
+
+
+def test_newcomers_with_empty_caches_write_their_first_position_in_the_stack():
+    rng = random.Random(2)
+    fresh = [Holder(3, 0, rng), Holder(2, 0, rng)]
+    stack = kvcache.Stack.holding(None, fresh)
+    assert stack.width == 0
+    buffer = stack.keys[0]
+    write_a_step(stack, rng)
+    assert stack.keys[0] is buffer and stack.width == 1
+    assert_holds_exactly(stack)
+
+
+def test_a_stack_that_does_not_lend_keeps_copies_of_unchanging_caches_and_copies_each_only_once():
+    """The prompts' stack: members are read, never written; one stays while its cache is the one it copied."""
+    rng = random.Random(3)
+    kept, moves, stack, last = [], 0, None, None
+    for _ in range(400):
+        if kept and rng.random() < 0.3:
+            kept.pop(rng.randrange(len(kept)))
+        if len(kept) < 5 and rng.random() < 0.4:
+            kept.insert(rng.randrange(len(kept) + 1), Holder(1, rng.randint(1, 30), rng))
+        if kept and rng.random() < 0.1:  # a request read again after its cache was dropped: a new cache
+            holder = rng.choice(kept)
+            holder.truth = torch.tensor([[rng.random() for _ in range(rng.randint(1, 30))]])
+            holder.cache = cache_of(holder.truth)
+        if not kept:
+            stack = None
+            continue
+        caches = [holder.cache.layers[0].keys for holder in kept]
+        before = {id(m.holder): m for m in stack.members if m.in_place()} if stack is not None else {}
+        stack = kvcache.Stack.holding(stack, kept, lends=False)
+        moved = stack.keys[0] is not last
+        moves, last = moves + moved, stack.keys[0]
+        assert all(holder.cache.layers[0].keys is keys for holder, keys in zip(kept, caches)), "caches left as is"
+        assert_holds_exactly(stack)
+        if not moved:  # in the same stack, a member whose cache is unchanged was not copied again
+            assert all(member is before[id(member.holder)] for member in stack.members if id(member.holder) in before)
+    assert moves > 2
+
+
+def test_a_lent_layer_writes_after_what_it_lent_in_place_and_over_it_only_in_new_buffers():
+    layer = kvcache.GrowingLayer()
+    states = torch.arange(5.0)[None, None, :, None].expand(1, 1, 5, 2)
+    layer.update(states, states + 1)
+    buffer = layer.buffers[0]
+    lent = kvcache.views_of(SimpleNamespace(layers=[layer]))  # what the options read
+    kvcache.lend(SimpleNamespace(layers=[layer]))
+    layer.update(states[:, :, :1] + 10, states[:, :, :1] + 11)  # after the lent positions: in place
+    assert layer.buffers[0] is buffer and layer.get_seq_length() == 6
+    layer.crop(-2)  # the next prompt differs from the fifth position on: keep four
+    layer.update(states[:, :, :1] + 20, states[:, :, :1] + 21)
+    assert layer.buffers[0] is not buffer, "writing over a lent position goes to new buffers"
+    assert torch.equal(lent.layers[0].keys, states), "what was lent is unchanged"
+    assert layer.keys[0, 0, :, 0].tolist() == [0, 1, 2, 3, 20]

@@ -38,10 +38,23 @@ def cache_like(like, states):
     return cache
 
 
-def as_rows(cache, rows):
-    """A second Cache showing a batch-of-one cache's keys and values as `rows` rows, without copying them."""
-    return cache_like(cache, ((layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
-                              for layer in cache.layers))
+def views_of(cache):
+    """A second Cache over the same keys and values (no copy), in layers of its own that never write into them."""
+    return cache_like(cache, ((layer.keys, layer.values) for layer in cache.layers))
+
+
+def empty_rows(like, rows):
+    """A Cache of `like`'s kind holding no positions yet for `rows` rows: options before their first token is fed."""
+    return cache_like(like, ((layer.keys.new_empty((rows, *layer.keys.shape[1:2], 0, layer.keys.shape[-1])),
+                              layer.values.new_empty((rows, *layer.values.shape[1:2], 0, layer.values.shape[-1])))
+                             for layer in like.layers))
+
+
+def lend(cache):
+    """Mark the positions a cache holds now as seen by others (through views_of): it will not write over them."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.lent = layer.get_seq_length()
 
 
 def left_padded(caches, width):
@@ -99,13 +112,23 @@ class GrowingLayer(DynamicLayer):
     tensors it was given.
     """
 
+    buffers = None  # (keys, values) this layer may write into; its keys and values are their front
+    front = None  # the keys it last wrote or was given with its buffers: while they are still its keys, it owns them
+    lent = 0  # positions others hold views of (see `lend`): a write there goes to new buffers instead
+
     @classmethod
     def adopt(cls, layer):
         """The same keys and values (no copy), in a layer that grows."""
         grown = cls()
         grown.__dict__.update(layer.__dict__)
-        grown.buffers = None
+        grown.buffers, grown.front, grown.lent = None, None, 0
         return grown
+
+    def use_buffers(self, keys, values, length):
+        """Hold the first `length` positions of the buffers `keys` and `values` and write the next ones after them."""
+        self.buffers = (keys, values)
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self.front = self.keys
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -113,24 +136,28 @@ class GrowingLayer(DynamicLayer):
         length = self.get_seq_length()
         end = length + key_states.shape[-2]
         if not self._has_room(key_states, length, end):
-            self.buffers = tuple(_room_for(states, current, length, end)
-                                 for states, current in ((key_states, self.keys), (value_states, self.values)))
+            buffers = tuple(_room_for(states, current, length, end)
+                            for states, current in ((key_states, self.keys), (value_states, self.values)))
+            self.use_buffers(*buffers, length)
+            self.lent = 0  # nobody has seen the new buffers
         keys, values = self.buffers
         keys[:, :, length:end] = key_states
         values[:, :, length:end] = value_states
-        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        self.use_buffers(keys, values, end)
         return self.keys, self.values
+
+    def crop(self, tokens_to_remove):
+        owned = self.owns_its_keys()
+        super().crop(tokens_to_remove)
+        if owned:  # still the front of its buffers, only shorter
+            self.front = self.keys
 
     def owns_its_keys(self):
         """True when the keys and values are the front of this layer's own buffers (so it may write after them)."""
-        if self.buffers is None or self.keys is None or not self.keys.numel():
-            return False
-        keys, values = self.buffers
-        return (self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
-                and self.values.data_ptr() == values.data_ptr())
+        return self.buffers is not None and self.keys is not None and self.keys is self.front
 
     def _has_room(self, key_states, length, end):
-        return (self.owns_its_keys() and length > 0 and self.buffers[0].shape[-2] >= end
+        return (self.owns_its_keys() and length >= self.lent and self.buffers[0].shape[-2] >= end
                 and self.buffers[0].shape[0] == key_states.shape[0])
 
 
@@ -158,7 +185,9 @@ class Member:
     first: int  # its first row
     rows: int
     length: int  # its cached positions; they end at the stack's `end`
-    view: object = None  # layer 0's keys as cut for it: if the holder's cache still has them, it is still in place
+    # layer 0's keys as cut for it (or, in a stack that does not lend, as copied in):
+    # if the holder's cache still has them, it is still in place
+    view: object = None
 
     def in_place(self):
         cache = self.holder.cache
@@ -176,8 +205,15 @@ class Stack:
     joined cost 1 s a step with thirty clients.
     """
 
-    def __init__(self, like, rows, columns):
-        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`."""
+    def __init__(self, like, rows, columns, lends=True):
+        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`.
+
+        A stack that `lends` gives its members views into its rows as their caches, and
+        the forward pass writes there. One that does not keeps copies of caches that never
+        change (the requests' prompts): a member stays as long as its cache is the one it
+        copied.
+        """
+        self.lends = lends
         self.template = cache_like(like, ((None, None) for _ in like.layers))  # the kind of cache, holding nothing
         self.keys = [_buffer(layer.keys, rows, columns) for layer in like.layers]
         self.values = [_buffer(layer.values, rows, columns) for layer in like.layers]
@@ -185,12 +221,12 @@ class Stack:
         self.members = []
 
     @classmethod
-    def holding(cls, stack, holders):
+    def holding(cls, stack, holders, lends=True):
         """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it."""
         members = stack.members if stack is not None else []
         staying = [m for m in members if m.in_place() and any(m.holder is h for h in holders)]
         for member in members:
-            if member not in staying and member.in_place():
+            if member not in staying and member.in_place() and lends:
                 compact(member.holder.cache)  # it leaves with its own copy: its rows are about to be reused
         joining = [h for h in holders if not any(m.holder is h for m in staying)]
         rows = sum(_rows(h.cache) for h in holders)
@@ -200,7 +236,7 @@ class Stack:
             stack._move_to_front()  # the columns ran out, but those before the longest member are free
             end = stack.end
         if stack is None or not stack._has_room(rows, end) or (staying and end > stack.end):
-            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS)
+            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS, lends)
             staying, joining = [], list(holders)
         stack._arrange(staying, joining, end)
         return stack
@@ -227,12 +263,18 @@ class Stack:
 
     def cache(self):
         """A Cache over the rows and columns in use; the forward pass writes the step's keys and values in place."""
-        rows = self.used_rows
-        merged = cache_like(self.template, ((keys[:rows, :, self.begin:self.end], values[:rows, :, self.begin:self.end])
-                                            for keys, values in zip(self.keys, self.values)))
-        for layer, keys, values in zip(merged.layers, self.keys, self.values):
-            layer.buffers = (keys[:rows, :, self.begin:], values[:rows, :, self.begin:])  # its spare room: the stack's
+        merged, rows = cache_like(self.template, self.states()), self.used_rows
+        if self.lends:
+            for layer, keys, values in zip(merged.layers, self.keys, self.values):
+                # its spare room is the stack's: the step writes its column there
+                layer.use_buffers(keys[:rows, :, self.begin:], values[:rows, :, self.begin:], self.width)
         return merged
+
+    def states(self):
+        """Per layer: (keys, values) over the rows and columns in use."""
+        rows = self.used_rows
+        return [(keys[:rows, :, self.begin:self.end], values[:rows, :, self.begin:self.end])
+                for keys, values in zip(self.keys, self.values)]
 
     def advance(self):
         """Record that the forward pass wrote one more position for every row."""
@@ -308,7 +350,7 @@ class Stack:
             for buffer, states in ((keys, layer.keys), (values, layer.values)):
                 buffer[row:row + rows, :, begin:end - length].zero_()  # 0 weight x garbage would be NaN
                 buffer[row:row + rows, :, end - length:end] = states
-        return Member(holder, row, rows, length)
+        return Member(holder, row, rows, length, view=None if self.lends else cache.layers[0].keys)
 
 
 def _buffer(states, rows, columns):
