@@ -423,7 +423,7 @@ def test_decoding_steps_write_into_the_caches_spare_room(engine):
     length = layer.keys.shape[-2]
     engine.step(generation)
     assert layer.buffers[0] is buffer and layer.keys.data_ptr() == buffer.data_ptr(), "written in place"
-    assert layer.keys.shape[-2] == length + 1 and buffer.shape[-2] > length + 1
+    assert layer.keys.shape[-2] == length + 2 and buffer.shape[-2] > length + 2, "a column per option"
     reference, _ = run(engine, "The weather today is", dataclasses.replace(GREEDY, n=2, length=6))
     finish_step(engine, generation)
     assert generation.texts() == reference.texts()
@@ -456,11 +456,11 @@ def test_a_leaver_from_the_middle_moves_the_rows_after_it_up(engine):
     alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
     generations = [engine.start(text, s)[0] for text, s in zip(texts, settings)]
     engine.step_many(generations)
-    engine.step_many(generations)  # the middle one (three rows) ends here
+    engine.step_many(generations)  # the middle one (three options, one row) ends here
     buffer = engine._stack.keys[0]
     going_on = [generations[0], generations[2]]
     engine.step_many(going_on)
-    assert engine._stack.keys[0] is buffer and engine._stack.rows_of(generations[2]) == slice(1, 3)
+    assert engine._stack.keys[0] is buffer and engine._stack.rows_of(generations[2]) == slice(1, 2)
     while not all(g.finished for g in going_on):
         engine.step_many([g for g in going_on if not g.finished])
     assert [[o.tokens for o in g.options] for g in generations] == alone
@@ -538,8 +538,8 @@ def test_a_healed_token_re_spelled_as_it_was_is_read_ahead_and_words_come_at_onc
     assert generation.healed == " a"
     assert all(o.tokens[0] == generation.healed_id and len(o.tokens) == 2 for o in generation.options)
     assert all(delta.strip() for delta in deltas), "visible words from the prompt's own pass"
-    assert generation.prompt.cache.get_seq_length() == len(generation.prompt_ids) + 1, "the read-ahead token is kept"
-    assert generation.prompt.visible.all() and generation.cache.get_seq_length() == 0
+    assert generation.cache.get_seq_length() == len(generation.prompt_ids) + 1, "the read-ahead token is kept"
+    assert generation.mask.all() and generation.mask.shape == (2, len(generation.prompt_ids) + 1)
     finish_step(engine, generation)
     prompt = torch.tensor([generation.prompt_ids + generation.options[0].tokens[:1]])
     expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
@@ -550,8 +550,8 @@ def test_a_healed_token_spelled_differently_replaces_the_read_ahead_one(engine):
     generation, deltas = engine.start("I love to play foot", GREEDY)
     first = generation.options[0].tokens[0]
     assert generation.healed == " foot" and first != generation.healed_id and deltas == ["ball"], "a longer word"
-    assert generation.prompt.cache.get_seq_length() == len(generation.prompt_ids), "the read-ahead position is gone"
-    assert generation.prompt.visible.shape[1] == len(generation.prompt_ids)
+    assert generation.cache.get_seq_length() == len(generation.prompt_ids), "the read-ahead position is gone"
+    assert generation.mask.shape[1] == len(generation.prompt_ids)
     finish_step(engine, generation)
     prompt = torch.tensor([generation.prompt_ids + [first]])
     expected = engine.model.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
@@ -575,8 +575,7 @@ def test_prompts_read_together_write_what_each_writes_alone_and_keep_the_same_ca
     assert [deltas for _, deltas in together] == [deltas for _, deltas in alone]
     for (mine, _), (reference, _) in zip(together[:-1], alone[:-1]):
         assert mine.prefix.ids == reference.prefix.ids
-        assert mine.prompt.cache.get_seq_length() == reference.prompt.cache.get_seq_length()
-        assert mine.prompt.cache.get_seq_length() == mine.prompt.visible.shape[1]
+        assert mine.cache.get_seq_length() == reference.cache.get_seq_length() == mine.mask.shape[1]
         for layer, expected in zip(mine.prefix.cache.layers, reference.prefix.cache.layers):
             assert torch.allclose(layer.keys, expected.keys, atol=1e-4)
             assert torch.allclose(layer.values, expected.values, atol=1e-4)
@@ -636,24 +635,20 @@ def test_options_that_spell_the_healed_token_differently_hide_the_read_ahead_pos
 
 
 def seen_by(generation, row):
-    """Per layer: the keys and values option `row` attends to, the prompt's visible positions and then its own."""
-    in_prompt = generation.prompt.visible[row].nonzero()[:, 0]
-    own = generation.mask[row].nonzero()[:, 0]
-    return [(torch.cat([prompt.keys[0][:, in_prompt], mine.keys[row][:, own]], dim=1),
-             torch.cat([prompt.values[0][:, in_prompt], mine.values[row][:, own]], dim=1))
-            for prompt, mine in zip(generation.prompt.cache.layers, generation.cache.layers)]
+    """Per layer: the keys and values option `row` attends to (the prompt's positions it sees, then its own)."""
+    seen = generation.mask[row].nonzero()[:, 0]
+    return [(layer.keys[0][:, seen], layer.values[0][:, seen]) for layer in generation.cache.layers]
 
 
-def test_options_in_a_batch_read_their_prompt_from_one_row_and_keep_only_their_own_tokens(engine):
+def test_a_batch_holds_each_request_in_one_row_its_prompt_once_then_a_column_per_option(engine):
     texts = ["The history of the old town begins with a bridge over the river", "Dear diary, today I went to the"]
     generations = [engine.start(text, dataclasses.replace(GREEDY, n=3))[0] for text in texts]
+    prompts = [g.cache.get_seq_length() for g in generations]
     for steps in range(1, 4):
         engine.step_many(generations)
-        assert engine._prompts.used_rows == len(texts), "one row per request, not per option"
-        assert engine._prompts.width == max(g.prompt.cache.get_seq_length() for g in generations)
-        assert engine._stack.used_rows == 6 and engine._stack.width == steps, "the options' own tokens only"
-        assert all(g.prompt.cache.get_seq_length() == len(g.prompt_ids) + (g.healed_id is not None)
-                   for g in generations), "the prompts are never written"
+        assert engine._stack.used_rows == len(texts), "one row per request, not per option"
+        assert engine._stack.width == max(prompts) + 3 * steps, "the prompt once, then a column per option a step"
+        assert all(g.cache.get_seq_length() == prompt + 3 * steps for g, prompt in zip(generations, prompts))
     alone = [run(engine, text, dataclasses.replace(GREEDY, n=3, length=4))[0] for text in texts]
     assert [[o.tokens[:4] for o in g.options] for g in generations] == [[o.tokens for o in g.options] for g in alone]
 

@@ -65,14 +65,6 @@ class Prefix(_HoldsCache):
 
 
 @dataclass
-class Prompt(_HoldsCache):
-    """A request's prompt as its options read it: its keys and values held once (a batch of one), and what each sees."""
-
-    cache: object
-    visible: torch.Tensor  # [n, prompt length] bool: False where an option does not see a position
-
-
-@dataclass
 class Scored(_HoldsCache):
     """A tab's last scored tokens, their results and the keys and values of the model's inputs for them."""
 
@@ -93,16 +85,12 @@ class Generation(_HoldsCache):
     truncated: int = 0  # prompt tokens dropped from the left to fit the context window
     healed: str = ""  # prompt text that was handed back to the model to re-spell
     healed_id: int | None = None  # the prompt's last token, when it was handed back
-    prompt: Prompt | None = None  # the prompt's keys and values, which every option reads
-    cache: object = None  # transformers Cache holding each option's own fed tokens after the prompt, batch = options
-    mask: torch.Tensor | None = None  # [n, cache length] 1 where an option's own cached position is real
+    # transformers Cache of one row: the prompt's keys and values, then the options' fed tokens (see shared_prompt)
+    cache: object = None
+    mask: torch.Tensor | None = None  # [n, cache length] bool: the positions each option sees (prompt and its own)
     positions: torch.Tensor | None = None  # [n] position id of each option's next fed token
     prefix: Prefix | None = None  # this prompt's own cache, for the caller to keep (see Engine.start)
     reused: int = 0  # prompt tokens whose keys and values came from the previous prompt's cache
-
-    def cache_bytes(self):
-        """Memory held by the prompt's and the options' keys and values."""
-        return kvcache.cache_bytes(self.cache) + (self.prompt.cache_bytes() if self.prompt is not None else 0)
 
     @property
     def finished(self):
@@ -176,8 +164,7 @@ class Engine:
         start = self.tokenizer.get_vocab().get("<|endoftext|>", self.tokenizer.bos_token_id)
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
-        self._stack = None  # the batched steps' kvcache.Stack of options' own caches, kept while anyone writes on
-        self._prompts = None  # the same steps' prompts, one row per request (a Stack that does not lend)
+        self._stack = None  # the batched steps' kvcache.Stack, a row per request, kept while anyone in it writes on
         shared_prompt.install(self.model)
         _feed_densely(self.model.get_output_embeddings())
 
@@ -260,13 +247,11 @@ class Engine:
         """Given its prompt's cache and last logits, set up a generation's options and sample their first tokens."""
         settings, ahead = generation.settings, generation.healed_id is not None
         generation.prefix = Prefix(_read_ids(generation), kvcache.growing(cache))
-        # the options read the prompt's keys and values where they are, and the Prefix (the client's, for the
-        # next TAB) will not write over them; each option's own tokens go into a cache of their own
+        # the options read the prompt's keys and values where they are (their own tokens are written after them,
+        # in a buffer of the first step's own), and the Prefix (the client's, for the next Tab) will not write over them
         kvcache.lend(generation.prefix.cache)
-        visible = torch.ones((settings.n, len(generation.prefix.ids)), dtype=torch.bool, device=self.device)
-        generation.prompt = Prompt(kvcache.views_of(cache), visible)
-        generation.cache = kvcache.empty_rows(cache, settings.n)
-        generation.mask = torch.ones((settings.n, 0), dtype=torch.long, device=self.device)
+        generation.cache = kvcache.views_of(cache)
+        generation.mask = torch.ones((settings.n, len(generation.prefix.ids)), dtype=torch.bool, device=self.device)
         generation.positions = torch.full((settings.n,), len(generation.prompt_ids), dtype=torch.long,
                                           device=self.device)
         # the time budget is for writing: a long prompt on a slow CPU must not use it all up
@@ -279,11 +264,11 @@ class Engine:
         # one that spelled it differently hides the read-ahead position and feeds its own choice next step
         kept = [o.finish is None and o.tokens[-1] == generation.healed_id for o in generation.options]
         if not any(kept):  # nobody can use the read-ahead position: it goes
-            generation.prompt.cache.crop(-1)
-            generation.prompt.visible = visible[:, :-1]
+            generation.cache.crop(-1)
+            generation.mask = generation.mask[:, :-1]
             return deltas
         kept = torch.tensor(kept, device=self.device)
-        visible[:, -1] = kept
+        generation.mask[:, -1] = kept
         generation.positions += kept.long()
         for option, uses_it in zip(generation.options, kept.tolist()):
             if uses_it:
@@ -317,68 +302,67 @@ class Engine:
                 self._rebuild_cache(generation)
         if len(generations) == 1 and self._stack is None:
             return [self._step_alone(generations[0])]
-        stack = self._stack = kvcache.Stack.holding(self._stack, generations)
+        columns = max(len(g.options) for g in generations)  # each request's row gets as many columns this step
+        stack = self._stack = kvcache.Stack.holding(self._stack, generations, columns)
         batch = stack.holders  # the generations in the stack's row order
-        self._prompts = kvcache.Stack.holding(self._prompts, [g.prompt for g in batch], lends=False)
         lives = [self._live(g) for g in batch]
         feed = torch.cat([self._feed(g) for g in batch])
-        mask = torch.cat([torch.nn.functional.pad(g.mask, (stack.width - g.mask.shape[1], 0)) for g in batch])
-        mask = torch.cat([mask, torch.cat(lives).long()[:, None]], dim=1)
         positions = torch.cat([g.positions for g in batch])
-        out = self._forward(input_ids=feed, attention_mask=mask, position_ids=positions[:, None], cache=stack.cache(),
-                            use_cache=True, shared_prompt=self._shared_prompts(stack, self._prompts))
-        stack.advance()
-        deltas = {}
+        option_rows = self._option_rows(batch, lives, stack.width, columns)
+        cache = stack.cache()
+        out = self._forward(input_ids=feed, position_ids=positions[:, None], cache=cache, use_cache=True,
+                            option_rows=option_rows, regrouped=cache)
+        stack.advance(columns)
+        deltas, row = {}, 0
         for generation, live in zip(batch, lives):
-            self._advance(generation, live)
-            deltas[id(generation)] = self._sample(generation, out.logits[stack.rows_of(generation), -1, :])
+            self._advance(generation, live, columns)
+            count = len(generation.options)
+            deltas[id(generation)] = self._sample(generation, out.logits[row:row + count, -1, :])
+            row += count
             # one that goes on keeps views into the stack (the next step writes on in it);
             # one that ended gets its own compact copy, to be kept for extend or dropped
             generation.cache = stack.cut(generation, separate=generation.finished)
         if all(generation.finished for generation in batch):
-            self._stack = self._prompts = None  # everyone has their own copy: the stacks' memory goes
+            self._stack = None  # everyone has their own copy: the stack's memory goes
         return [deltas[id(generation)] for generation in generations]
 
-    def _shared_prompts(self, stack, prompts):
-        """The SharedPrompt of a batched step: the prompts' stack, and which rows of the options' stack read each."""
-        owners = {id(generation.prompt): generation for generation in stack.holders}
-        generations = [owners[id(prompt)] for prompt in prompts.holders]  # in the prompts' row order
+    def _option_rows(self, generations, lives, width, columns):
+        """The OptionRows of a step: every generation's row (left-padded to `width`), its options' queries on it."""
         options = max(len(generation.options) for generation in generations)
-        width = prompts.width
-        visible = torch.zeros((len(generations), options, width), dtype=torch.bool, device=self.device)
-        slots = []
-        for index, generation in enumerate(generations):
-            rows, seen = stack.rows_of(generation), generation.prompt.visible
-            count = rows.stop - rows.start
-            visible[index, :count, width - seen.shape[1]:] = seen
-            visible[index, count:, width - seen.shape[1]:] = True  # a request with fewer options: unread slots
-            slots.append(list(range(rows.start, rows.stop)) + [rows.start] * (options - count))
-        flat = [row for request in slots for row in request]
-        states = prompts.states()
-        keys, values = [pair[0] for pair in states], [pair[1] for pair in states]
-        if flat == list(range(stack.used_rows)):  # rows already in the prompts' order, as many per request
-            return shared_prompt.SharedPrompt(keys, values, visible)
-        slot_of_row = torch.empty(stack.used_rows, dtype=torch.long)
-        for slot, row in enumerate(flat):
-            if slot % options < len(generations[slot // options].options):
-                slot_of_row[row] = slot
-        return shared_prompt.SharedPrompt(keys, values, visible, torch.tensor(flat, device=self.device),
-                                          slot_of_row.to(self.device))
+        visible = torch.zeros((len(generations), options, width + columns), dtype=torch.bool, device=self.device)
+        slots, uniform = [], True
+        row = 0
+        for index, (generation, live) in enumerate(zip(generations, lives)):
+            count, seen = len(generation.options), generation.mask
+            visible[index, :count, width - seen.shape[1]:width] = seen
+            visible[index, :count, width:width + count] = torch.diag(live)  # each live option sees its own new column
+            visible[index, count:, width - seen.shape[1]:width] = True  # a request with fewer options: unused queries
+            slots.append(list(range(row, row + count)) + [row] * (options - count))
+            uniform &= count == options
+            row += count
+        if uniform:  # the batch's rows are the requests' options in order, as many each
+            return shared_prompt.OptionRows(visible)
+        flat = [slot for request in slots for slot in request]
+        slot_of_row = [index * options + option for index, generation in enumerate(generations)
+                       for option in range(len(generation.options))]
+        return shared_prompt.OptionRows(visible, torch.tensor(flat, device=self.device),
+                                        torch.tensor(slot_of_row, device=self.device))
 
-    def _forward(self, **inputs):
-        """The model's forward pass, checking that a SharedPrompt it was given was attended to."""
-        out = self.model(**inputs)
-        shared = inputs.get("shared_prompt")
-        if shared is not None and shared.calls == 0:
+    def _forward(self, regrouped=None, **inputs):
+        """The model's forward pass; with OptionRows, the `regrouped` cache's layers write options' keys into rows."""
+        option_rows = inputs.get("option_rows")
+        layers = regrouped.layers if regrouped is not None else []
+        for layer in layers:
+            layer.regroup = option_rows.regroup
+        try:
+            out = self.model(**inputs)
+        finally:
+            for layer in layers:
+                layer.regroup = None
+        if option_rows is not None and option_rows.calls == 0:
             raise RuntimeError("the model does not call transformers' AttentionInterface, so its options cannot "
                                "share their prompt's keys and values")
         return out
-
-    def _alone_shared_prompt(self, generation):
-        """The SharedPrompt of one generation's step: its own prompt, read by all its options."""
-        layers = generation.prompt.cache.layers
-        return shared_prompt.SharedPrompt([layer.keys for layer in layers], [layer.values for layer in layers],
-                                          generation.prompt.visible[None])
 
     def _live(self, generation):
         return torch.tensor([o.finish is None for o in generation.options], device=self.device)
@@ -387,9 +371,11 @@ class Engine:
         return torch.tensor([[o.pending if o.finish is None else self.pad_id] for o in generation.options],
                             device=self.device)
 
-    def _advance(self, generation, live):
-        """Record that every live option's pending token is now in the cache."""
-        generation.mask = torch.cat([generation.mask, live.long()[:, None]], dim=1)
+    def _advance(self, generation, live, columns):
+        """Record that every live option's pending token is now in the cache: `columns` columns, one per option."""
+        own = torch.zeros((len(generation.options), columns), dtype=torch.bool, device=self.device)
+        own[:, :len(generation.options)] = torch.diag(live)
+        generation.mask = torch.cat([generation.mask, own], dim=1)
         generation.positions += live.long()
         for option in generation.options:
             if option.finish is None:
@@ -397,14 +383,14 @@ class Engine:
 
     def _step_alone(self, generation):
         """One generation's step, without the cost of stacking caches."""
-        live = self._live(generation)
-        # finished options ride along as masked holes so the batch keeps its shape
-        mask = torch.cat([generation.mask, live.long()[:, None]], dim=1)
-        out = self._forward(input_ids=self._feed(generation), attention_mask=mask,
-                            position_ids=generation.positions[:, None], cache=generation.cache, use_cache=True,
-                            shared_prompt=self._alone_shared_prompt(generation))
+        live, count = self._live(generation), len(generation.options)
+        # finished options ride along as hidden columns so the batch keeps its shape
+        option_rows = self._option_rows([generation], [live], generation.mask.shape[1], count)
+        out = self._forward(input_ids=self._feed(generation), position_ids=generation.positions[:, None],
+                            cache=generation.cache, use_cache=True, option_rows=option_rows,
+                            regrouped=generation.cache)
         generation.cache = out.cache
-        self._advance(generation, live)
+        self._advance(generation, live, count)
         return self._sample(generation, out.logits[:, -1, :])
 
     @torch.inference_mode()
@@ -561,11 +547,11 @@ class Engine:
                 option.finish = "cancelled"
         kvcache.compact(generation.cache)  # let go of the batch it was stacked in
         if self._stack is not None and not any(member.in_place() for member in self._stack.members):
-            self._stack = self._prompts = None  # nobody writes in it any more: its memory goes
+            self._stack = None  # nobody writes in it any more: its memory goes
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""
-        generation.prompt = generation.cache = generation.mask = generation.positions = None
+        generation.cache = generation.mask = generation.positions = None
 
     def flush(self, generation):
         """Text held back by the detokenizers of options that have just ended (rarely non-empty)."""
@@ -713,28 +699,33 @@ class Engine:
     # ---- re-reading an evicted set -------------------------------------------------
 
     def _rebuild_cache(self, generation):
-        """Read the prompt again, once, then each option's fed tokens after it, left-padded to one length."""
+        """Read the prompt again, then every option's fed tokens after it in one pass, one option after another."""
         prompt = generation.prompt_ids
         out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True, logits_to_keep=1)
-        visible = torch.ones((len(generation.options), len(prompt)), dtype=torch.bool, device=self.device)
-        generation.prompt = Prompt(out.cache, visible)
         # between steps an option's last token is never in the cache (pending, or end of text)
-        rows = [o.tokens[:-1] for o in generation.options]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long, device=self.device)
-            mask[i, width - len(row):] = 1
-        cache = kvcache.empty_rows(out.cache, len(rows))
-        if width:
-            positions = len(prompt) + (mask.cumsum(dim=1) - 1).clamp(min=0)
-            cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                  use_cache=True, logits_to_keep=1,
-                                  shared_prompt=self._alone_shared_prompt(generation)).cache
+        fed = [option.tokens[:-1] for option in generation.options]
+        columns = len(prompt) + sum(len(tokens) for tokens in fed)
+        mask = torch.zeros((len(fed), columns), dtype=torch.bool, device=self.device)
+        mask[:, :len(prompt)] = True
+        seen = torch.zeros((columns - len(prompt), columns), dtype=torch.bool, device=self.device)  # per fed token
+        seen[:, :len(prompt)] = True
+        start = len(prompt)
+        for row, tokens in enumerate(fed):  # an option's token sees the prompt and its option's tokens up to itself
+            mask[row, start:start + len(tokens)] = True
+            for offset in range(len(tokens)):
+                seen[start - len(prompt) + offset, start:start + offset + 1] = True
+            start += len(tokens)
+        cache = out.cache
+        if columns > len(prompt):
+            ids = torch.tensor([[token for tokens in fed for token in tokens]], device=self.device)
+            positions = torch.tensor([[len(prompt) + i for tokens in fed for i in range(len(tokens))]],
+                                     device=self.device)
+            rows = shared_prompt.OptionRows(seen[None], rows_are_queries=False)
+            cache = self._forward(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
+                                  logits_to_keep=1, option_rows=rows).cache
         generation.cache = kvcache.growing(cache)
         generation.mask = mask
-        generation.positions = len(prompt) + mask.sum(dim=1)
+        generation.positions = torch.tensor([len(prompt) + len(tokens) for tokens in fed], device=self.device)
 
     def _decode(self, ids):
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -13,6 +13,7 @@ from transformers.cache_utils import DynamicLayer
 
 SPARE_POSITIONS = 64  # room a growing cache layer keeps for the next steps' keys and values
 SPARE_ROWS = 8  # at least this many free rows in a new Stack, for the next requests to join without a copy
+SPARE_STEP_COLUMNS = 8  # a write of up to this many columns is a step's (one per option), so room is kept for more
 
 
 def cache_bytes(cache):
@@ -41,13 +42,6 @@ def cache_like(like, states):
 def views_of(cache):
     """A second Cache over the same keys and values (no copy), in layers of its own that never write into them."""
     return cache_like(cache, ((layer.keys, layer.values) for layer in cache.layers))
-
-
-def empty_rows(like, rows):
-    """A Cache of `like`'s kind holding no positions yet for `rows` rows: options before their first token is fed."""
-    return cache_like(like, ((layer.keys.new_empty((rows, *layer.keys.shape[1:2], 0, layer.keys.shape[-1])),
-                              layer.values.new_empty((rows, *layer.values.shape[1:2], 0, layer.values.shape[-1])))
-                             for layer in like.layers))
 
 
 def lend(cache):
@@ -115,6 +109,7 @@ class GrowingLayer(DynamicLayer):
     buffers = None  # (keys, values) this layer may write into; its keys and values are their front
     front = None  # the keys it last wrote or was given with its buffers: while they are still its keys, it owns them
     lent = 0  # positions others hold views of (see `lend`): a write there goes to new buffers instead
+    regroup = None  # set for a pass whose batch rows are not this cache's rows: what makes its states columns here
 
     @classmethod
     def adopt(cls, layer):
@@ -131,6 +126,8 @@ class GrowingLayer(DynamicLayer):
         self.front = self.keys
 
     def update(self, key_states, value_states, *args, **kwargs):
+        if self.regroup is not None:
+            key_states, value_states = self.regroup(key_states), self.regroup(value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length = self.get_seq_length()
@@ -162,9 +159,14 @@ class GrowingLayer(DynamicLayer):
 
 
 def _room_for(states, current, length, end):
-    """A new buffer [batch, heads, end + SPARE_POSITIONS, dim] holding the first `length` positions of `current`."""
-    batch, heads, _, width = states.shape
-    buffer = states.new_empty((batch, heads, end + SPARE_POSITIONS, width))
+    """A new buffer [batch, heads, end + spare, dim] holding the first `length` positions of `current`.
+
+    The spare room is SPARE_POSITIONS steps of as many columns as this write (a request's
+    options write one each a step), or SPARE_POSITIONS after reading a prompt.
+    """
+    batch, heads, written, width = states.shape
+    steps = written if written <= SPARE_STEP_COLUMNS else 1
+    buffer = states.new_empty((batch, heads, end + SPARE_POSITIONS * steps, width))
     if length:
         buffer[:, :, :length] = current
     return buffer
@@ -185,9 +187,7 @@ class Member:
     first: int  # its first row
     rows: int
     length: int  # its cached positions; they end at the stack's `end`
-    # layer 0's keys as cut for it (or, in a stack that does not lend, as copied in):
-    # if the holder's cache still has them, it is still in place
-    view: object = None
+    view: object = None  # layer 0's keys as cut for it: if the holder's cache still has them, it is still in place
 
     def in_place(self):
         cache = self.holder.cache
@@ -205,15 +205,8 @@ class Stack:
     joined cost 1 s a step with thirty clients.
     """
 
-    def __init__(self, like, rows, columns, lends=True):
-        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`.
-
-        A stack that `lends` gives its members views into its rows as their caches, and
-        the forward pass writes there. One that does not keeps copies of caches that never
-        change (the requests' prompts): a member stays as long as its cache is the one it
-        copied.
-        """
-        self.lends = lends
+    def __init__(self, like, rows, columns):
+        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`."""
         self.template = cache_like(like, ((None, None) for _ in like.layers))  # the kind of cache, holding nothing
         self.keys = [_buffer(layer.keys, rows, columns) for layer in like.layers]
         self.values = [_buffer(layer.values, rows, columns) for layer in like.layers]
@@ -221,22 +214,25 @@ class Stack:
         self.members = []
 
     @classmethod
-    def holding(cls, stack, holders, lends=True):
-        """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it."""
+    def holding(cls, stack, holders, columns_a_step=1):
+        """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it.
+
+        The room kept is for the coming step's `columns_a_step` columns in every row.
+        """
         members = stack.members if stack is not None else []
         staying = [m for m in members if m.in_place() and any(m.holder is h for h in holders)]
         for member in members:
-            if member not in staying and member.in_place() and lends:
+            if member not in staying and member.in_place():
                 compact(member.holder.cache)  # it leaves with its own copy: its rows are about to be reused
         joining = [h for h in holders if not any(m.holder is h for m in staying)]
         rows = sum(_rows(h.cache) for h in holders)
         longest = max([_length(h.cache) for h in joining], default=0)
         end = max(stack.end, longest) if staying else longest
-        if staying and end == stack.end and stack._could_use_its_front(rows, longest):
+        if staying and end == stack.end and stack._could_use_its_front(rows, longest, columns_a_step):
             stack._move_to_front()  # the columns ran out, but those before the longest member are free
             end = stack.end
-        if stack is None or not stack._has_room(rows, end) or (staying and end > stack.end):
-            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS, lends)
+        if stack is None or not stack._has_room(rows, end, columns_a_step) or (staying and end > stack.end):
+            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS * columns_a_step)
             staying, joining = [], list(holders)
         stack._arrange(staying, joining, end)
         return stack
@@ -263,24 +259,19 @@ class Stack:
 
     def cache(self):
         """A Cache over the rows and columns in use; the forward pass writes the step's keys and values in place."""
-        merged, rows = cache_like(self.template, self.states()), self.used_rows
-        if self.lends:
-            for layer, keys, values in zip(merged.layers, self.keys, self.values):
-                # its spare room is the stack's: the step writes its column there
-                layer.use_buffers(keys[:rows, :, self.begin:], values[:rows, :, self.begin:], self.width)
+        rows = self.used_rows
+        merged = cache_like(self.template, ((keys[:rows, :, self.begin:self.end], values[:rows, :, self.begin:self.end])
+                                            for keys, values in zip(self.keys, self.values)))
+        for layer, keys, values in zip(merged.layers, self.keys, self.values):
+            # its spare room is the stack's: the step writes its columns there
+            layer.use_buffers(keys[:rows, :, self.begin:], values[:rows, :, self.begin:], self.width)
         return merged
 
-    def states(self):
-        """Per layer: (keys, values) over the rows and columns in use."""
-        rows = self.used_rows
-        return [(keys[:rows, :, self.begin:self.end], values[:rows, :, self.begin:self.end])
-                for keys, values in zip(self.keys, self.values)]
-
-    def advance(self):
-        """Record that the forward pass wrote one more position for every row."""
-        self.end += 1
+    def advance(self, columns=1):
+        """Record that the forward pass wrote `columns` more positions for every row."""
+        self.end += columns
         for member in self.members:
-            member.length += 1
+            member.length += columns
 
     def cut(self, holder, separate=False):
         """`holder`'s own cache back out of the batch: views into it, or a copy of its own when `separate`."""
@@ -294,17 +285,17 @@ class Stack:
     def _member(self, holder):
         return next(member for member in self.members if member.holder is holder)
 
-    def _has_room(self, rows, end):
-        return rows <= self.keys[0].shape[0] and end + 1 <= self.keys[0].shape[2]  # + 1: the coming step's column
+    def _has_room(self, rows, end, columns):
+        return rows <= self.keys[0].shape[0] and end + columns <= self.keys[0].shape[2]  # the coming step's columns
 
-    def _could_use_its_front(self, rows, longest):
+    def _could_use_its_front(self, rows, longest, columns):
         """True when moving the columns in use to the front gives room for the next step and for `longest`.
 
         Once moved, the members' own views point at the old columns until they are cut
         again, so a move is only made when no new stack (copied from those views) follows.
         """
-        return (rows <= self.keys[0].shape[0] and self.end + 1 > self.keys[0].shape[2]
-                and self.begin >= SPARE_POSITIONS // 4 and longest <= self.end - self.begin)
+        return (rows <= self.keys[0].shape[0] and self.end + columns > self.keys[0].shape[2]
+                and self.begin >= max(SPARE_POSITIONS // 4, columns) and longest <= self.end - self.begin)
 
     def _move_to_front(self):
         """Move the columns in use to the front of the buffers, in place (fresh memory would cost more).
@@ -350,7 +341,7 @@ class Stack:
             for buffer, states in ((keys, layer.keys), (values, layer.values)):
                 buffer[row:row + rows, :, begin:end - length].zero_()  # 0 weight x garbage would be NaN
                 buffer[row:row + rows, :, end - length:end] = states
-        return Member(holder, row, rows, length, view=None if self.lends else cache.layers[0].keys)
+        return Member(holder, row, rows, length)
 
 
 def _buffer(states, rows, columns):
