@@ -5,7 +5,7 @@ import torch
 from conftest import build_tiny_gpt2
 from webapp import models
 from webapp.formats import conv1d_to_linear, pick_format
-from webapp.models import ModelError, load_model, pick_device, pick_dtype, resolve_model
+from webapp.models import ModelError, load_model, pick_device, pick_dtype, resolve_model, wrap_model
 
 
 @pytest.fixture
@@ -110,6 +110,24 @@ def test_gpt2_conv1d_layers_become_linear_layers_that_compute_the_same(embedded)
     kinds = {type(module).__name__ for module in model.modules()}
     assert "Conv1D" not in kinds and "Linear" in kinds
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_the_engine_computes_gpt2s_activation_in_one_fused_operation_and_the_same_values(embedded):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from webapp.engine import Engine, fuse_gelu
+
+    model = build_tiny_gpt2(embedded.tokenizer)
+    ids = torch.tensor([[5, 17, 300, 4000, 12]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        assert fuse_gelu(model) == model.config.n_layer
+        after = model(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    fresh = build_tiny_gpt2(embedded.tokenizer)
+    Engine(wrap_model(fresh, embedded.tokenizer, "tiny"))
+    kinds = {type(module) for module in fresh.modules()}
+    assert NewGELUActivation not in kinds and GELUTanh in kinds
 
 
 @pytest.mark.parametrize("weight_format", ["bfloat16", "int8", "int4"])
