@@ -1,9 +1,11 @@
 """Finding and loading models: local directories, the embedded model, clear errors."""
+import copy
+
 import pytest
 import torch
 
 from conftest import build_tiny_gpt2
-from webapp import models
+from webapp import fused, models
 from webapp.formats import conv1d_to_linear, pick_format
 from webapp.models import ModelError, load_model, pick_device, pick_dtype, resolve_model, wrap_model
 
@@ -115,19 +117,35 @@ def test_gpt2_conv1d_layers_become_linear_layers_that_compute_the_same(embedded)
 def test_the_engine_computes_gpt2s_activation_in_one_fused_operation_and_the_same_values(embedded):
     from transformers.activations import GELUTanh, NewGELUActivation
 
-    from webapp.engine import Engine, fuse_gelu
+    from webapp.engine import Engine
 
     model = build_tiny_gpt2(embedded.tokenizer)
     ids = torch.tensor([[5, 17, 300, 4000, 12]])
     with torch.inference_mode():
         before = model(input_ids=ids).logits
-        assert fuse_gelu(model) == model.config.n_layer
+        assert fused.fuse(model) == model.config.n_layer
         after = model(input_ids=ids).logits
     assert torch.allclose(before, after, atol=1e-5)
     fresh = build_tiny_gpt2(embedded.tokenizer)
     Engine(wrap_model(fresh, embedded.tokenizer, "tiny"))
     kinds = {type(module) for module in fresh.modules()}
     assert NewGELUActivation not in kinds and GELUTanh in kinds
+
+
+def test_a_fused_rms_norm_gives_llamas_values_in_float32_and_closer_ones_in_bfloat16():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(300, 576, generator=generator) * 3
+    plain = LlamaRMSNorm(576, eps=1e-5)
+    plain.weight.data = torch.randn(576, generator=generator) * 0.5 + 1
+    fast = copy.deepcopy(plain)
+    assert fused.fuse(torch.nn.Sequential(fast)) == 1 and type(fast) is fused.FusedRMSNorm
+    assert torch.equal(fast(hidden), plain(hidden))
+    exact = hidden.double() * torch.rsqrt(hidden.double().pow(2).mean(-1, keepdim=True) + 1e-5) * plain.weight.double()
+    plain.bfloat16(), fast.bfloat16()
+    errors = [(norm(hidden.bfloat16()).double() - exact).abs().mean() for norm in (plain, fast)]
+    assert errors[1] <= errors[0], "one rounding, not two"
 
 
 @pytest.mark.parametrize("weight_format", ["bfloat16", "int8", "int4"])
