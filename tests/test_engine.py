@@ -669,9 +669,3 @@ def test_the_next_tab_on_an_edited_prompt_does_not_write_over_what_the_last_opti
     reference, _ = run(engine, text, dataclasses.replace(GREEDY, n=2, length=12))
     assert shown.texts() == reference.texts()
 
-
-def test_the_embedded_models_norms_are_fused_so_every_generate_comparison_here_covers_them(engine):
-    from webapp import fused
-
-    norms = [type(module) for module in engine.model.modules() if "RMSNorm" in type(module).__name__]
-    assert len(norms) == 2 * engine.model.config.num_hidden_layers + 1 and set(norms) == {fused.FusedRMSNorm}
