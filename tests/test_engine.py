@@ -669,3 +669,21 @@ def test_the_next_tab_on_an_edited_prompt_does_not_write_over_what_the_last_opti
     reference, _ = run(engine, text, dataclasses.replace(GREEDY, n=2, length=12))
     assert shown.texts() == reference.texts()
 
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_a_model_whose_attention_ignores_the_interface_stops_with_a_clear_error(embedded, which):
+    import copy
+
+    from conftest import build_tiny_gpt2
+    from webapp.models import wrap_model
+
+    model = build_tiny_gpt2(embedded.tokenizer) if which == "gpt2" else copy.deepcopy(embedded.model)
+    loaded = wrap_model(model, embedded.tokenizer, which)
+    engine = Engine(loaded)
+    engine.warm_up()  # through the interface: fine
+    # eager attention would broadcast the options' queries over their request's row: GPT-2's trips over the
+    # shapes, Llama's writes nonsense without a word; either way the engine says what is wrong
+    model.config._attn_implementation = "eager"
+    with pytest.raises(RuntimeError, match="AttentionInterface"):
+        engine.warm_up()  # what the server runs before it says it is ready

@@ -357,12 +357,15 @@ class Engine:
             layer.regroup = option_rows.regroup
         try:
             out = self.model(**inputs)
+        except Exception as error:  # a model whose attention went its own way may also trip over the shapes
+            if option_rows is not None and option_rows.calls == 0:
+                raise _bypassed_the_interface() from error
+            raise
         finally:
             for layer in layers:
                 layer.regroup = None
         if option_rows is not None and option_rows.calls == 0:
-            raise RuntimeError("the model does not call transformers' AttentionInterface, so its options cannot "
-                               "share their prompt's keys and values")
+            raise _bypassed_the_interface()
         return out
 
     def _live(self, generation):
@@ -742,6 +745,11 @@ def _feed_densely(layer):
     if layer is not None and not getattr(layer, "_fed_densely", False):
         layer.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
         layer._fed_densely = True
+
+
+def _bypassed_the_interface():
+    return RuntimeError("the model's attention does not go through transformers' AttentionInterface, so its options "
+                        "cannot share their prompt's keys and values (shared_prompt.py)")
 
 
 def beam_arguments(settings, count, length):
