@@ -12,7 +12,7 @@ element now and then comes out one bfloat16 rounding apart (another summation or
 """
 import torch
 
-from .formats import has_bf16_units
+from .formats import has_bf16_units, replace_layers
 
 DTYPE = torch.bfloat16
 
@@ -77,10 +77,5 @@ def block_linear_layers(model):
     A tied output layer (GPT-2's, the embedded model's) gets a blocked copy of its own, the
     input embedding keeps the plain one: the output matrix is in memory twice.
     """
-    blocked = []
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.dtype == DTYPE:
-                setattr(parent, name, BlockedLinear.from_linear(child))
-                blocked.append(f"{parent_name}.{name}".lstrip("."))
-    return blocked
+    return list(replace_layers(model, lambda child: BlockedLinear.from_linear(child)
+                               if type(child) is torch.nn.Linear and child.weight.dtype == DTYPE else None))

@@ -88,21 +88,35 @@ def apply_format(model, name, device):
     return model
 
 
+def replace_layers(model, replacement):
+    """Swap, in place, every submodule for which `replacement(module)` gives another; returns {name: new module}."""
+    replaced = {}
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
+                replaced[f"{parent_name}.{name}".lstrip(".")] = new
+    return replaced
+
+
 def conv1d_to_linear(model):
     """Replace every GPT-2 `Conv1D` (weight stored [in, out]) by the equivalent `nn.Linear` ([out, in]); in place."""
-    import torch
     from transformers.pytorch_utils import Conv1D
 
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                inputs, outputs = child.weight.shape
-                linear = torch.nn.Linear(inputs, outputs, device=child.weight.device, dtype=child.weight.dtype)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    linear.bias.copy_(child.bias)
-                setattr(parent, child_name, linear)
+    replace_layers(model, lambda child: _as_linear(child) if isinstance(child, Conv1D) else None)
     return model
+
+
+def _as_linear(conv1d):
+    import torch
+
+    inputs, outputs = conv1d.weight.shape
+    linear = torch.nn.Linear(inputs, outputs, device=conv1d.weight.device, dtype=conv1d.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.t())
+        linear.bias.copy_(conv1d.bias)
+    return linear
 
 
 def quantize_int8(model):

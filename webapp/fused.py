@@ -14,13 +14,10 @@ reading a prompt.
 """
 from transformers.activations import GELUTanh, NewGELUActivation
 
+from .formats import replace_layers
+
 
 def fuse(model):
     """Swap `model`'s GPT-2 activations for the fused one, in place; returns how many."""
-    gelu, count = GELUTanh(), 0
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, gelu)
-                count += 1
-    return count
+    gelu = GELUTanh()
+    return len(replace_layers(model, lambda child: gelu if type(child) is NewGELUActivation else None))

@@ -14,6 +14,7 @@ which one ran.
 import torch
 
 from .blocked import BlockedLinear, dense_layer
+from .formats import replace_layers
 
 GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the embedded model's weights fit exactly
 # Rows up to which the packed kernels beat the dense bfloat16 copy here. They read 4 rows at
@@ -151,13 +152,12 @@ def pack_model(model):
     Returns {layer name: bits} for the layers packed.
     """
     output = model.get_output_embeddings()
-    packed = {}
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            bits = bits_for(child, child is output) if isinstance(child, torch.nn.Linear) else None
-            if bits:
-                setattr(parent, name, PackedLinear.from_linear(child, bits))
-                packed[f"{parent_name}.{name}".lstrip(".")] = bits
+
+    def packed_layer(child):
+        bits = bits_for(child, child is output) if isinstance(child, torch.nn.Linear) else None
+        return PackedLinear.from_linear(child, bits) if bits else None
+
+    packed = {name: layer.bits for name, layer in replace_layers(model, packed_layer).items()}
     for parameter in model.parameters():
         if parameter.is_floating_point():
             # .data keeps tied parameters tied; buffers (rotary frequencies) keep their float32
