@@ -307,16 +307,15 @@ class Engine:
         stack = self._stack = kvcache.Stack.holding(self._stack, generations, columns)
         batch = stack.holders  # the generations in the stack's row order
         lives = [self._live(g) for g in batch]
+        owns = [self._own_columns(live, columns) for live in lives]
         feed = torch.cat([self._feed(g) for g in batch])
         positions = torch.cat([g.positions for g in batch])
-        option_rows = self._option_rows(batch, lives, stack.width, columns)
-        cache = stack.cache()
-        out = self._forward(input_ids=feed, position_ids=positions[:, None], cache=cache, use_cache=True,
-                            option_rows=option_rows, regrouped=cache)
+        out = self._forward(input_ids=feed, position_ids=positions[:, None], cache=stack.cache(), use_cache=True,
+                            option_rows=self._option_rows(batch, owns, stack.width))
         stack.advance(columns)
         deltas, row = {}, 0
-        for generation, live in zip(batch, lives):
-            self._advance(generation, live, columns)
+        for generation, live, own in zip(batch, lives, owns):
+            self._advance(generation, live, own)
             count = len(generation.options)
             deltas[id(generation)] = self._sample(generation, out.logits[row:row + count, -1, :])
             row += count
@@ -327,16 +326,20 @@ class Engine:
             self._stack = None  # everyone has their own copy: the stack's memory goes
         return [deltas[id(generation)] for generation in generations]
 
-    def _option_rows(self, generations, lives, width, columns):
-        """The OptionRows of a step: every generation's row (left-padded to `width`), its options' queries on it."""
+    def _option_rows(self, generations, owns, width):
+        """The OptionRows of a step: every generation's row (left-padded to `width`), its options' queries on it.
+
+        `owns` holds each generation's columns of this step (see _own_columns).
+        """
         options = max(len(generation.options) for generation in generations)
+        columns = owns[0].shape[1]
         visible = torch.zeros((len(generations), options, width + columns), dtype=torch.bool, device=self.device)
         slots, uniform = [], True
         row = 0
-        for index, (generation, live) in enumerate(zip(generations, lives)):
+        for index, (generation, own) in enumerate(zip(generations, owns)):
             count, seen = len(generation.options), generation.mask
             visible[index, :count, width - seen.shape[1]:width] = seen
-            visible[index, :count, width:width + count] = torch.diag(live)  # each live option sees its own new column
+            visible[index, :count, width:] = own
             visible[index, count:, width - seen.shape[1]:width] = True  # a request with fewer options: unused queries
             slots.append(list(range(row, row + count)) + [row] * (options - count))
             uniform &= count == options
@@ -349,10 +352,10 @@ class Engine:
         return shared_prompt.OptionRows(visible, torch.tensor(flat, device=self.device),
                                         torch.tensor(slot_of_row, device=self.device))
 
-    def _forward(self, regrouped=None, **inputs):
-        """The model's forward pass; with OptionRows, the `regrouped` cache's layers write options' keys into rows."""
+    def _forward(self, **inputs):
+        """The model's forward pass; with OptionRows, the cache's layers write the options' keys into their rows."""
         option_rows = inputs.get("option_rows")
-        layers = regrouped.layers if regrouped is not None else []
+        layers = inputs["cache"].layers if option_rows is not None else []
         for layer in layers:
             layer.regroup = option_rows.regroup
         try:
@@ -375,10 +378,14 @@ class Engine:
         return torch.tensor([[o.pending if o.finish is None else self.pad_id] for o in generation.options],
                             device=self.device)
 
-    def _advance(self, generation, live, columns):
-        """Record that every live option's pending token is now in the cache: `columns` columns, one per option."""
-        own = torch.zeros((len(generation.options), columns), dtype=torch.bool, device=self.device)
-        own[:, :len(generation.options)] = torch.diag(live)
+    def _own_columns(self, live, columns):
+        """What each option sees of a step's `columns` new columns: its own, if live (finished ones ride hidden)."""
+        own = torch.zeros((len(live), columns), dtype=torch.bool, device=self.device)
+        own[:, :len(live)] = torch.diag(live)
+        return own
+
+    def _advance(self, generation, live, own):
+        """Record that every live option's pending token is now in the cache, in the step's columns `own`."""
         generation.mask = torch.cat([generation.mask, own], dim=1)
         generation.positions += live.long()
         for option in generation.options:
@@ -387,14 +394,13 @@ class Engine:
 
     def _step_alone(self, generation):
         """One generation's step, without the cost of stacking caches."""
-        live, count = self._live(generation), len(generation.options)
-        # finished options ride along as hidden columns so the batch keeps its shape
-        option_rows = self._option_rows([generation], [live], generation.mask.shape[1], count)
+        live = self._live(generation)
+        own = self._own_columns(live, len(generation.options))
         out = self._forward(input_ids=self._feed(generation), position_ids=generation.positions[:, None],
-                            cache=generation.cache, use_cache=True, option_rows=option_rows,
-                            regrouped=generation.cache)
+                            cache=generation.cache, use_cache=True,
+                            option_rows=self._option_rows([generation], [own], generation.mask.shape[1]))
         generation.cache = out.cache
-        self._advance(generation, live, count)
+        self._advance(generation, live, own)
         return self._sample(generation, out.logits[:, -1, :])
 
     @torch.inference_mode()
@@ -716,9 +722,10 @@ class Engine:
         start = len(prompt)
         for row, tokens in enumerate(fed):  # an option's token sees the prompt and its option's tokens up to itself
             mask[row, start:start + len(tokens)] = True
-            for offset in range(len(tokens)):
-                seen[start - len(prompt) + offset, start:start + offset + 1] = True
-            start += len(tokens)
+            count = len(tokens)
+            seen[start - len(prompt):start - len(prompt) + count, start:start + count] = torch.ones(
+                (count, count), dtype=torch.bool, device=self.device).tril()
+            start += count
         cache = out.cache
         if columns > len(prompt):
             ids = torch.tensor([[token for tokens in fed for token in tokens]], device=self.device)
