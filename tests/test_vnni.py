@@ -1,0 +1,140 @@
+"""Our AVX512-VNNI kernels for 4- and 8-bit layers (webapp/vnni.py, webapp/native/vnni_linear.c)."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from webapp import lowbit, vnni
+from webapp.lowbit import GROUP, PackedLinear
+
+needs_kernel = pytest.mark.skipif(vnni.library() is None, reason=f"the VNNI kernel cannot run here: {vnni.why_not()}")
+
+
+def activations_as_the_kernel_rounds_them(rows):
+    """Each group of 32 inputs of each row rounded to 8 bits on its own scale (largest magnitude / 127)."""
+    groups = rows.float().reshape(rows.shape[0], -1, GROUP)
+    largest = groups.abs().amax(-1, keepdim=True)
+    # 127 / largest as one division (`127 / tensor` is a reciprocal times 127: a level can land one apart at .5)
+    inverse = torch.where(largest > 0, torch.full_like(largest, 127.0) / largest, torch.zeros_like(largest))
+    levels = torch.round(groups * inverse)
+    return (levels * largest / 127).reshape(rows.shape)
+
+
+def layer_weights(outputs, inputs, seed):
+    """A random weight as lowbit keeps it in 4 bits (levels, scales and zeros) and in 8 bits (levels, scales)."""
+    weight = torch.randn(outputs, inputs, generator=torch.Generator().manual_seed(seed)) * 0.05
+    return lowbit.quantize_int4(weight), lowbit.quantize_rows_int8(weight)
+
+
+def exact_int4(levels, scales_and_zeros):
+    """The 4-bit weight in float32, (level - 8) × scale + zero, before any bfloat16 rounding."""
+    outputs, inputs = levels.shape
+    scale, zero = scales_and_zeros.float().transpose(0, 1).unbind(-1)
+    return ((levels.reshape(outputs, -1, GROUP).float() - 8) * scale[..., None] + zero[..., None]).reshape(
+        outputs, inputs)
+
+
+def assert_within_bfloat16_of(outputs, expected):
+    """Each output within the rounding of a bfloat16 result (plus float32 summation order) of `expected`."""
+    assert outputs.dtype == torch.bfloat16 and outputs.shape == expected.shape
+    tolerance = 2 ** -8 * expected.abs() + 1e-5 * expected.abs().max()
+    assert ((outputs.float() - expected).abs() <= tolerance).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("outputs, inputs", [(48, 64), (40, 96), (50, 128), (1536, 576)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 13])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs, inputs, rows, with_bias):
+    # outputs not in whole blocks of 16 (40, 50) are padded; rows go 4 at a time, with any remainder
+    (levels, scales_and_zeros), (levels8, scales8) = layer_weights(outputs, inputs, seed=rows)
+    rows_in = torch.randn(rows, inputs, generator=torch.Generator().manual_seed(7)).bfloat16()
+    bias = torch.randn(outputs).bfloat16() if with_bias else None
+    rounded = activations_as_the_kernel_rounds_them(rows_in)
+    added = 0 if bias is None else bias.float()
+    four = vnni.int4_linear(rows_in, *vnni.pack_int4(levels, scales_and_zeros), bias, outputs)
+    assert_within_bfloat16_of(four, rounded @ exact_int4(levels, scales_and_zeros).T + added)
+    eight = vnni.int8_linear(rows_in, *vnni.pack_int8(levels8, scales8), bias, outputs)
+    assert_within_bfloat16_of(eight, rounded @ (levels8.float() * scales8.float()[:, None]).T + added)
+
+
+@needs_kernel
+def test_rounding_the_activations_costs_under_one_percent_of_the_product():
+    (levels, scales_and_zeros), _ = layer_weights(1280, 1280, seed=3)
+    rows = torch.randn(3, 1280, generator=torch.Generator().manual_seed(4)).bfloat16()
+    outputs = vnni.int4_linear(rows, *vnni.pack_int4(levels, scales_and_zeros), None, 1280).float()
+    expected = rows.float() @ exact_int4(levels, scales_and_zeros).T
+    assert 0 < ((outputs - expected).norm() / expected.norm()).item() < 0.01  # measured: 0.55 %
+
+
+def test_the_4_bit_layout_holds_each_level_where_the_kernel_reads_it():
+    (levels, scales_and_zeros), _ = layer_weights(40, 64, seed=5)
+    packed, scales, zeros = vnni.pack_int4(levels, scales_and_zeros)
+    assert packed.shape == (3, 2, 4, 16, 4) and packed.dtype == torch.uint8  # 40 outputs: 3 blocks, the last padded
+    for output, block_output, block in [(0, 0, 0), (17, 1, 1), (39, 7, 2)]:
+        for input_ in (0, 5, 19, 31, 32, 63):
+            group, within = divmod(input_, GROUP)
+            vector, byte = divmod(within % 16, 4)
+            stored = packed[block, group, vector, block_output, byte]
+            level = stored & 0x0F if within < 16 else stored >> 4  # inputs 16..31 of a group: the high nibbles
+            assert level == levels[output, input_]
+        assert scales[block, 1, block_output] == scales_and_zeros[1, output, 0]
+        assert zeros[block, 1, block_output] == scales_and_zeros[1, output, 1]
+    assert (packed[2, :, :, 8:] == 0).all() and (scales[2, :, 8:] == 0).all()  # the padding: zero weights
+
+
+def test_the_8_bit_layout_holds_each_weight_plus_128_where_the_kernel_reads_it():
+    _, (levels, scales) = layer_weights(20, 64, seed=6)
+    packed, padded_scales = vnni.pack_int8(levels, scales)
+    assert packed.shape == (2, 2, 8, 16, 4) and padded_scales.shape == (32,)
+    for output, input_ in [(0, 0), (3, 37), (19, 63)]:
+        block, block_output = divmod(output, 16)
+        group, within = divmod(input_, GROUP)
+        assert packed[block, group, within // 4, block_output, within % 4] == int(levels[output, input_]) + 128
+    assert torch.equal(padded_scales[:20], scales.float()) and (padded_scales[20:] == 0).all()
+
+
+@needs_kernel
+def test_one_thread_or_two_give_the_same_outputs():
+    (levels, scales_and_zeros), _ = layer_weights(512, 256, seed=8)
+    weights = vnni.pack_int4(levels, scales_and_zeros)
+    rows = torch.randn(6, 256).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = vnni.int4_linear(rows, *weights, None, 512)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, vnni.int4_linear(rows, *weights, None, 512))  # each block of outputs is one thread's
+
+
+@needs_kernel
+def test_packed_layers_take_the_kernel_only_for_whole_groups_of_inputs():
+    assert PackedLinear.from_linear(torch.nn.Linear(64, 32), 4).kernel == "vnni"
+    assert PackedLinear.from_linear(torch.nn.Linear(64, 50), 8).kernel == "vnni"
+    assert not vnni.takes(48)
+    layer = PackedLinear.from_linear(torch.nn.Linear(48, 32), 8)  # 8 bits takes multiples of 16: PyTorch's kernel
+    assert layer.kernel == "aten"
+    rows = torch.randn(3, 48).bfloat16()
+    assert (layer(rows).float() - F.linear(rows.float(), layer.weight.float(), layer.bias.float())).abs().max() < 0.05
+
+
+def test_why_not_names_what_keeps_the_kernel_off(monkeypatch):
+    monkeypatch.setenv(vnni.ENABLED_VARIABLE, "0")
+    assert vnni.ENABLED_VARIABLE in vnni.why_not()
+    monkeypatch.delenv(vnni.ENABLED_VARIABLE)
+    assert "avx512_vnni" in vnni.why_not(flags=frozenset({"avx512f", "avx512bw"}))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert "compiler" in vnni.why_not(flags=vnni.CPU_FLAGS)
+    monkeypatch.delenv("CC")
+    assert vnni.why_not(flags=vnni.CPU_FLAGS | {"sse2"}) == ("" if vnni._compiler() else vnni.why_not())
+
+
+@needs_kernel
+def test_the_library_is_compiled_once_into_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = vnni._built()
+    assert built.parent == tmp_path / "tabwrite" / "native" and built.suffix == ".so"
+    first = built.stat().st_mtime_ns
+    assert vnni._built() == built and built.stat().st_mtime_ns == first  # found, not compiled again
+    assert os.listdir(built.parent) == [built.name]  # no half-written file left beside it
