@@ -5,24 +5,30 @@ weights saved once under bench/.models/, same shapes and compute as the real one
 format (`--formats`), the engine itself (no server) measures:
 - a decoding step of 3 options on a 300-token document (median of --steps steps),
 - the prefill of a 211-token prompt (llama.cpp's figure on this machine: 858 ms),
-- the embedded model's perplexity on a fixed text (random weights have no quality to lose).
+- the embedded model's perplexity on a fixed text (random weights have no quality to lose),
+  read whole (the prompt's path: dense layers) and one token at a time in 3 rows (the
+  decoding steps' path: int4's packed kernels).
+The format `int4-aten` is int4 with PyTorch's packed kernels instead of ours (vnni.py), for
+the two side by side.
 In the same run, the baseline: one plain float32 `generate(num_return_sequences=3)` step
 (no cache reuse, Conv1D layers as they ship). Where llama-cpp-python is installed (optional:
 `pip install llama-cpp-python==0.3.36`, a source build), the embedded model's rows end with
 llama.cpp itself on the same GGUF file and thread count: one sequence's decoding step and
 the same prefill. Prints a markdown table; --json writes it.
 
-    python bench/formats.py                         # embedded model: float32, bfloat16, int8, int4
+    python bench/formats.py                         # embedded model: float32, bfloat16, int8, int4, int4-aten
     python bench/formats.py --model gpt2-large-random
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +38,7 @@ from webapp.engine import Engine  # noqa: E402
 from webapp.formats import cpu_flags  # noqa: E402
 from webapp.models import load_model, resolve_model  # noqa: E402
 from webapp.protocol import SamplingSettings  # noqa: E402
+from webapp import vnni  # noqa: E402
 
 RANDOM_GPT2_LARGE = ROOT / "bench" / ".models" / "gpt2-large-random"
 QUALITY_TEXT = (
@@ -49,7 +56,7 @@ PARAGRAPH = ("The river ran quietly past the old mill, where the children of the
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="embedded (default), gpt2-large-random, or a directory")
-    parser.add_argument("--formats", default="float32,bfloat16,int8,int4")
+    parser.add_argument("--formats", default="float32,bfloat16,int8,int4,int4-aten")
     parser.add_argument("--steps", type=int, default=20, help="decoding steps timed per format")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
@@ -108,6 +115,34 @@ def time_baseline(loaded, text, steps):
         loaded.model.generate(**ids, do_sample=True, num_return_sequences=3, max_new_tokens=steps, min_new_tokens=steps,
                               pad_token_id=min(loaded.eos_ids))
     return (time.perf_counter() - began) * 1000 / steps
+
+
+def load_format(spec, weight_format):
+    """The model in `weight_format`; `int4-aten` is int4 packed for PyTorch's kernels rather than ours."""
+    if weight_format != "int4-aten":
+        return load_model(spec, "cpu", weight_format, cache_root=cache_dir({}))
+    switch = os.environ.get(vnni.ENABLED_VARIABLE)
+    os.environ[vnni.ENABLED_VARIABLE] = "0"
+    vnni.library.cache_clear()
+    try:
+        return load_model(spec, "cpu", "int4", cache_root=cache_dir({}))
+    finally:
+        os.environ.pop(vnni.ENABLED_VARIABLE)
+        if switch is not None:
+            os.environ[vnni.ENABLED_VARIABLE] = switch
+        vnni.library.cache_clear()
+
+
+def stepwise_perplexity(loaded, text, rows=3):
+    """Perplexity of `text` read one token at a time in `rows` identical rows: the path decoding steps take."""
+    ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    cache, total = DynamicCache(), 0.0
+    with torch.inference_mode():
+        for position in range(ids.shape[1] - 1):
+            out = loaded.model(input_ids=ids[:, position:position + 1].expand(rows, 1), cache=cache, use_cache=True,
+                               position_ids=torch.full((rows, 1), position))
+            total += torch.nn.functional.cross_entropy(out.logits[:1, -1].float(), ids[0, position + 1:position + 2])
+    return float(torch.exp(total / (ids.shape[1] - 1)))
 
 
 def time_llama_cpp(text_300, text_211, steps):
@@ -173,20 +208,21 @@ def main():
         baseline = time_baseline(reference, text_300, min(args.steps, 8))
         reference_ppl = None
         for weight_format in args.formats.split(","):
-            loaded = reference if weight_format == "float32" else load_model(spec, "cpu", weight_format,
-                                                                               cache_root=cache_dir({}))
+            loaded = reference if weight_format == "float32" else load_format(spec, weight_format)
             engine = Engine(loaded)
             engine.warm_up()
             step = time_steps(engine, text_300, args.steps)
             prefill = time_prefill(engine, text_211)
             perplexity = engine.score(QUALITY_TEXT)[0]["perplexity"] if name == "embedded" else None
+            stepwise = stepwise_perplexity(loaded, QUALITY_TEXT) if name == "embedded" else None
             reference_ppl = reference_ppl or perplexity
             rows.append({"model": name, "format": weight_format, "step_ms": round(step, 1),
                          "baseline_step_ms": round(baseline, 1), "speedup": round(baseline / step, 2),
                          "tokens_per_s": round(3 * 1000 / step, 1), "prefill_211_ms": round(prefill, 1),
                          "perplexity": round(perplexity, 3) if perplexity else None,
                          "perplexity_change": (f"{100 * (perplexity / reference_ppl - 1):+.2f} %"
-                                               if perplexity and reference_ppl else None)})
+                                               if perplexity and reference_ppl else None),
+                         "stepwise_perplexity": round(stepwise, 3) if stepwise else None})
             print(json.dumps(rows[-1]), file=sys.stderr)
             if loaded is not reference:
                 del engine, loaded
@@ -196,18 +232,18 @@ def main():
             rows.append({"model": name, "format": "llama.cpp, 1 sequence", "step_ms": round(step, 1),
                          "baseline_step_ms": round(baseline, 1), "speedup": None,
                          "tokens_per_s": round(1000 / step, 1), "prefill_211_ms": round(prefill, 1),
-                         "perplexity": None, "perplexity_change": None})
+                         "perplexity": None, "perplexity_change": None, "stepwise_perplexity": None})
             print(json.dumps(rows[-1]), file=sys.stderr)
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
     print(f"\nCPU: {torch.get_num_threads()} threads, flags {' '.join(flags)}; torch {torch.__version__}\n")
     print("| model | format | 3-option step (ms) | baseline step, fp32 generate (ms) | speed-up | tokens/s "
-          "| prefill 211 tokens (ms) | perplexity | vs float32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| prefill 211 tokens (ms) | perplexity | vs float32 | perplexity, one token at a time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = f"{r['speedup']}×" if r["speedup"] else "–"
         print(f"| {r['model']} | {r['format']} | {r['step_ms']} | {r['baseline_step_ms']} | {speedup} "
               f"| {r['tokens_per_s']} | {r['prefill_211_ms']} | {r['perplexity'] or '–'} "
-              f"| {r['perplexity_change'] or '–'} |")
+              f"| {r['perplexity_change'] or '–'} | {r['stepwise_perplexity'] or '–'} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpu_flags": flags, "torch": torch.__version__}, indent=2))
 

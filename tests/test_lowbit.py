@@ -101,8 +101,8 @@ def test_the_small_batch_path_runs_the_packed_kernel(monkeypatch, kernel):
     assert calls == [3]  # the larger batch took the dense copy
 
 
-@pytest.mark.parametrize("bits, shape, aten_up_to, vnni_up_to", [(4, (64, 32), 8, 8), (4, (1024, 1024), 4, 12),
-                                                                 (8, (64, 32), 4, 16)],
+@pytest.mark.parametrize("bits, shape, aten_up_to, vnni_up_to", [(4, (64, 32), 8, 36), (4, (1024, 1024), 4, 24),
+                                                                 (8, (64, 32), 4, 40)],
                          ids=["small-4-bit", "large-4-bit", "8-bit"])
 def test_against_a_blocked_copy_packed_layers_stay_packed_as_far_as_they_were_measured_ahead(
         monkeypatch, kernel, bits, shape, aten_up_to, vnni_up_to):
@@ -220,7 +220,7 @@ def test_the_engine_writes_with_the_int4_model_as_its_generate_does(embedded_int
 
 
 def test_an_int4_server_serves_a_class_extends_beams_scores_and_charts(embedded_int4):
-    """Through the real app: a lone Tab (packed path), four at once (12 rows: the dense copies), and the rest."""
+    """Through the real app: a lone Tab and four at once (3 and 12 rows a step), extend, beams, scores and charts."""
     app = make_app(embedded_int4)
     try:
         clients = [connect(app) for _ in range(4)]

@@ -1,5 +1,6 @@
 """Our AVX512-VNNI kernels for 4- and 8-bit layers (webapp/vnni.py, webapp/native/vnni_linear.c)."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +139,8 @@ def test_the_library_is_compiled_once_into_the_cache_folder(monkeypatch, tmp_pat
     first = built.stat().st_mtime_ns
     assert vnni._built() == built and built.stat().st_mtime_ns == first  # found, not compiled again
     assert os.listdir(built.parent) == [built.name]  # no half-written file left beside it
+
+
+def test_the_readme_says_how_to_switch_the_kernel_off():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"`{vnni.ENABLED_VARIABLE}=0`" in readme and "vnni_linear.c" in readme

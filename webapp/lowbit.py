@@ -34,11 +34,14 @@ SMALL_BATCH_ROWS = 8
 # 124 ms; the 8-bit output layer at 6 rows 3.5 against 1.6 ms.
 KERNEL_BLOCK_ROWS = 4
 SMALL_LAYER_WEIGHTS = 1 << 20
-# Rows up to which the VNNI kernel beats a blocked dense copy, by bits and layer size. 4 bits:
-# the embedded model's 576 × 1536 at 8 rows 34 against 38 µs, at 12 rows 44 against 40;
-# GPT-2-large's 1280 × 3840 at 12 rows 201 against 262, at 16 rows 273 against 269. 8 bits
-# (the output layer, 49152 × 576 or × 1280): at 16 rows 1287 against 1423 µs, 3115 against 3755.
-VNNI_ROWS = {(4, "small"): 8, (4, "large"): 12, (8, "small"): 16, (8, "large"): 16}
+# Rows up to which the VNNI kernel beats the blocked dense copy, measured in the model: there the
+# copy's bfloat16 weights (4 times the bytes) come from memory, not cache, so the kernel stays ahead
+# far longer than a layer timed alone suggests (576 × 1536 alone: even at 12 rows). The embedded
+# model, steps of k clients × 3 rows, dense above 8 rows against ours up to 36: 6 clients 50 against
+# 40-43 ms, 10 clients 67 against 59-60, 16 clients (48 rows) no gain. GPT-2-large's architecture
+# (large layers): 6 clients 172 against 141-147 ms, 8 even (184 against 179-184), 12 clients 221
+# against 242. The 8-bit output layer went with them (up to 32, 48 and 64 rows: no loss seen).
+VNNI_ROWS = {(4, "small"): 36, (4, "large"): 24, (8, "small"): 40, (8, "large"): 40}
 COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (their float32 path is slow)
 
 
