@@ -83,13 +83,16 @@ def test_both_paths_compute_the_dense_copys_product(bits, rows, kernel):
 
 def watch_packed_kernel(monkeypatch, kernel, bits):
     """Record the rows of every call to the packed kernel that `kernel` names, for `bits`-bit layers."""
+    calls = []
     if kernel == "vnni":
-        owner, name = vnni, "int4_linear" if bits == 4 else "int8_linear"
-    else:
-        owner, name = lowbit.torch.ops.aten, "_weight_int4pack_mm_for_cpu" if bits == 4 else "_weight_int8pack_mm"
-    calls, original = [], getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda rows, *args: calls.append(len(rows)) or original(rows, *args),
-                        raising=False)
+        original = vnni.Layer.__call__
+        monkeypatch.setattr(vnni.Layer, "__call__",
+                            lambda layer, rows: calls.append(len(rows)) or original(layer, rows))
+        return calls
+    name = "_weight_int4pack_mm_for_cpu" if bits == 4 else "_weight_int8pack_mm"
+    original = getattr(lowbit.torch.ops.aten, name)
+    monkeypatch.setattr(lowbit.torch.ops.aten, name,
+                        lambda rows, *args: calls.append(len(rows)) or original(rows, *args), raising=False)
     return calls
 
 

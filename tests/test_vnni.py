@@ -35,6 +35,11 @@ def exact_int4(levels, scales_and_zeros):
         outputs, inputs)
 
 
+def product(bits, rows, weights, bias, outputs):
+    """Our kernel's product of bfloat16 `rows` and `weights` (as pack_int4 or pack_int8 give them)."""
+    return vnni.Layer(bits, weights, bias, rows.shape[1], outputs)(rows)
+
+
 def assert_within_bfloat16_of(outputs, expected):
     """Each output within the rounding of a bfloat16 result (plus float32 summation order) of `expected`."""
     assert outputs.dtype == torch.bfloat16 and outputs.shape == expected.shape
@@ -53,9 +58,9 @@ def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs,
     bias = torch.randn(outputs).bfloat16() if with_bias else None
     rounded = activations_as_the_kernel_rounds_them(rows_in)
     added = 0 if bias is None else bias.float()
-    four = vnni.int4_linear(rows_in, *vnni.pack_int4(levels, scales_and_zeros), bias, outputs)
+    four = product(4, rows_in, vnni.pack_int4(levels, scales_and_zeros), bias, outputs)
     assert_within_bfloat16_of(four, rounded @ exact_int4(levels, scales_and_zeros).T + added)
-    eight = vnni.int8_linear(rows_in, *vnni.pack_int8(levels8, scales8), bias, outputs)
+    eight = product(8, rows_in, vnni.pack_int8(levels8, scales8), bias, outputs)
     assert_within_bfloat16_of(eight, rounded @ (levels8.float() * scales8.float()[:, None]).T + added)
 
 
@@ -63,7 +68,7 @@ def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs,
 def test_rounding_the_activations_costs_under_one_percent_of_the_product():
     (levels, scales_and_zeros), _ = layer_weights(1280, 1280, seed=3)
     rows = torch.randn(3, 1280, generator=torch.Generator().manual_seed(4)).bfloat16()
-    outputs = vnni.int4_linear(rows, *vnni.pack_int4(levels, scales_and_zeros), None, 1280).float()
+    outputs = product(4, rows, vnni.pack_int4(levels, scales_and_zeros), None, 1280).float()
     expected = rows.float() @ exact_int4(levels, scales_and_zeros).T
     assert 0 < ((outputs - expected).norm() / expected.norm()).item() < 0.01  # measured: 0.55 %
 
@@ -103,10 +108,10 @@ def test_one_thread_or_two_give_the_same_outputs():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = vnni.int4_linear(rows, *weights, None, 512)
+        alone = product(4, rows, weights, None, 512)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(alone, vnni.int4_linear(rows, *weights, None, 512))  # each block of outputs is one thread's
+    assert torch.equal(alone, product(4, rows, weights, None, 512))  # each block of outputs is one thread's
 
 
 @needs_kernel
@@ -144,3 +149,13 @@ def test_the_library_is_compiled_once_into_the_cache_folder(monkeypatch, tmp_pat
 def test_the_readme_says_how_to_switch_the_kernel_off():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"`{vnni.ENABLED_VARIABLE}=0`" in readme and "vnni_linear.c" in readme
+
+
+@needs_kernel
+def test_a_layer_whose_tensors_are_replaced_hands_the_kernel_the_new_ones():
+    layer = PackedLinear.from_linear(torch.nn.Linear(64, 48), 4)
+    rows = torch.randn(3, 64).bfloat16()
+    before = layer(rows)
+    layer._apply(lambda tensor: tensor.clone())  # what .to(), .share_memory() and the like go through
+    assert layer._kernel.weights[0] is layer.packed and layer._kernel.bias is layer.bias
+    assert torch.equal(layer(rows), before)

@@ -58,6 +58,18 @@ class PackedLinear(torch.nn.Module):
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
         self.register_buffer("zeros", zeros)
+        self._bind_kernel()
+
+    def _bind_kernel(self):
+        """Hand our kernel the layer's current tensors (again after `.to()` and the like replace them)."""
+        weights = (self.packed, self.scales) + ((self.zeros,) if self.bits == 4 else ())
+        self._kernel = (vnni.Layer(self.bits, weights, self.bias, self.in_features, self.out_features)
+                        if self.kernel == "vnni" else None)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._bind_kernel()
+        return self
 
     @property
     def weight(self):
@@ -95,11 +107,8 @@ class PackedLinear(torch.nn.Module):
         if rows.shape[0] > self.small_batch_rows:
             return self.dense(rows).reshape(*inputs.shape[:-1], self.out_features)
         rows = rows.to(COMPUTE_DTYPE).contiguous()
-        if self.kernel == "vnni":  # adds the bias itself
-            outputs = (vnni.int4_linear(rows, self.packed, self.scales, self.zeros, self.bias, self.out_features)
-                       if self.bits == 4 else vnni.int8_linear(rows, self.packed, self.scales, self.bias,
-                                                               self.out_features))
-            return outputs.reshape(*inputs.shape[:-1], self.out_features)
+        if self._kernel is not None:  # ours: adds the bias itself
+            return self._kernel(rows).reshape(*inputs.shape[:-1], self.out_features)
         if self.bits == 4:
             outputs = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scales)
         else:
