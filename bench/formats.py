@@ -8,7 +8,7 @@ format (`--formats`), the engine itself (no server) measures:
 - the embedded model's perplexity on a fixed text (random weights have no quality to lose),
   read whole (the prompt's path: dense layers) and one token at a time in 3 rows (the
   decoding steps' path: int4's packed kernels).
-The format `int4-aten` is int4 with PyTorch's packed kernels instead of ours (vnni.py), for
+The format `int4-aten` is int4 with PyTorch's packed kernels instead of ours (native.py), for
 the two side by side.
 In the same run, the baseline: one plain float32 `generate(num_return_sequences=3)` step
 (no cache reuse, Conv1D layers as they ship). Where llama-cpp-python is installed (optional:
@@ -38,7 +38,7 @@ from webapp.engine import Engine  # noqa: E402
 from webapp.formats import cpu_flags  # noqa: E402
 from webapp.models import load_model, resolve_model  # noqa: E402
 from webapp.protocol import SamplingSettings  # noqa: E402
-from webapp import vnni  # noqa: E402
+from webapp import native  # noqa: E402
 
 RANDOM_GPT2_LARGE = ROOT / "bench" / ".models" / "gpt2-large-random"
 QUALITY_TEXT = (
@@ -121,16 +121,16 @@ def load_format(spec, weight_format):
     """The model in `weight_format`; `int4-aten` is int4 packed for PyTorch's kernels rather than ours."""
     if weight_format != "int4-aten":
         return load_model(spec, "cpu", weight_format, cache_root=cache_dir({}))
-    switch = os.environ.get(vnni.ENABLED_VARIABLE)
-    os.environ[vnni.ENABLED_VARIABLE] = "0"
-    vnni.library.cache_clear()
+    switch = os.environ.get(native.ENABLED_VARIABLE)
+    os.environ[native.ENABLED_VARIABLE] = "0"
+    native.library.cache_clear()
     try:
         return load_model(spec, "cpu", "int4", cache_root=cache_dir({}))
     finally:
-        os.environ.pop(vnni.ENABLED_VARIABLE)
+        os.environ.pop(native.ENABLED_VARIABLE)
         if switch is not None:
-            os.environ[vnni.ENABLED_VARIABLE] = switch
-        vnni.library.cache_clear()
+            os.environ[native.ENABLED_VARIABLE] = switch
+        native.library.cache_clear()
 
 
 def stepwise_perplexity(loaded, text, rows=3):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from conftest import build_tiny_gpt2, connect, make_app, payloads, run, wait_for
-from webapp import blocked, lowbit, vnni
+from webapp import blocked, lowbit, native
 from webapp.blocked import BlockedLinear
 from webapp.engine import Engine
 from webapp.formats import apply_format
@@ -40,10 +40,10 @@ KERNELS = ["vnni", "aten"]
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
     """Layers packed for our VNNI kernel (skipped where it cannot run here), or for PyTorch's."""
-    if request.param == "vnni" and vnni.library() is None:
-        pytest.skip(f"the VNNI kernel cannot run here: {vnni.why_not()}")
+    if request.param == "vnni" and native.library() is None:
+        pytest.skip(f"the VNNI kernel cannot run here: {native.why_not()}")
     if request.param == "aten":
-        monkeypatch.setattr(vnni, "library", lambda: None)
+        monkeypatch.setattr(native, "library", lambda: None)
     return request.param
 
 
@@ -85,8 +85,8 @@ def watch_packed_kernel(monkeypatch, kernel, bits):
     """Record the rows of every call to the packed kernel that `kernel` names, for `bits`-bit layers."""
     calls = []
     if kernel == "vnni":
-        original = vnni.Layer.__call__
-        monkeypatch.setattr(vnni.Layer, "__call__",
+        original = native.Layer.__call__
+        monkeypatch.setattr(native.Layer, "__call__",
                             lambda layer, rows: calls.append(len(rows)) or original(layer, rows))
         return calls
     name = "_weight_int4pack_mm_for_cpu" if bits == 4 else "_weight_int8pack_mm"

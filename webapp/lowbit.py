@@ -11,14 +11,14 @@ prompt being read) a layer multiplies by its dense copy: the same packed values 
 out in bfloat16, so both paths compute the same model and a text does not depend on
 which one ran.
 
-Where the CPU has AVX512-VNNI, the packed path is our own kernel (vnni.py): the same
+Where the CPU has AVX512-VNNI, the packed path is our own kernel (native.py): the same
 weights, laid out for it, times activations rounded to 8 bits per group of 32; 3 to 3.5
 times PyTorch's kernels on GPT-2-large's layers, and ahead of the dense copy up to more
 rows (`VNNI_ROWS`). Elsewhere it is PyTorch's.
 """
 import torch
 
-from . import vnni
+from . import native
 from .blocked import BlockedLinear, dense_layer
 from .formats import replace_layers
 
@@ -63,7 +63,7 @@ class PackedLinear(torch.nn.Module):
     def _bind_kernel(self):
         """Hand our kernel the layer's current tensors (again after `.to()` and the like replace them)."""
         weights = (self.packed, self.scales) + ((self.zeros,) if self.bits == 4 else ())
-        self._kernel = (vnni.Layer(self.bits, weights, self.bias, self.in_features, self.out_features)
+        self._kernel = (native.Layer(self.bits, weights, self.bias, self.in_features, self.out_features)
                         if self.kernel == "vnni" else None)
 
     def _apply(self, fn, recurse=True):
@@ -86,19 +86,19 @@ class PackedLinear(torch.nn.Module):
         """Quantize `linear`'s weights (read in float32) to `bits` bits: 4 in groups, or 8 per output."""
         weight = linear.weight.detach().float()
         bias = None if linear.bias is None else linear.bias.detach().to(COMPUTE_DTYPE)
-        kernel = "vnni" if vnni.library() is not None and vnni.takes(linear.in_features) else "aten"
+        kernel = "vnni" if native.library() is not None and native.takes(linear.in_features) else "aten"
         if bits == 4:
             levels, scales = quantize_int4(weight)
             dense = dequantize_int4(levels, scales)
             if kernel == "vnni":
-                packed, scales, zeros = vnni.pack_int4(levels, scales)
+                packed, scales, zeros = native.pack_int4(levels, scales)
                 return cls(bits, dense, packed, scales, bias, zeros, kernel)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 1)
         else:
             packed, scales = quantize_rows_int8(weight)
             dense = dequantize_rows_int8(packed, scales)
             if kernel == "vnni":
-                packed, scales = vnni.pack_int8(packed, scales)
+                packed, scales = native.pack_int8(packed, scales)
         return cls(bits, dense, packed, scales, bias, kernel=kernel)
 
     def forward(self, inputs):

@@ -1,19 +1,25 @@
-"""4- and 8-bit linear layers for a few rows on CPUs with AVX512-VNNI: our C kernel, built here with the C compiler.
+"""Our C kernels for the CPU (`webapp/csrc/`), compiled here with the machine's C compiler and loaded with ctypes.
 
-A decoding step multiplies 3 rows by every weight. PyTorch's packed kernels
-(`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`) turn each weight back into a
-float before multiplying, and on this 2-core CPU that work, not memory, set their pace:
-about 12 GB/s of packed weights. `native/vnni_linear.c` instead rounds each row of
-activations to 8 bits per group of 32 (a scale per group, as GGUF's Q8_0 does) and
-multiplies bytes by bytes, 64 products an instruction, applying the weights' scales once
-per group. GPT-2-large's 1280 × 5120 layer at 3 rows: 83 against 280 µs; the embedded
-model's 576 × 1536: 18 against 45 µs. The weights are the same; the activations' 8-bit
-rounding adds about 0.5 % of relative error to a product (bfloat16 alone: 0.25 %).
+Two things PyTorch does slowly on this 2-core CPU:
 
-The source is compiled once per machine into the cache folder (under a second with gcc)
-and loaded with ctypes; its OpenMP threads are PyTorch's own (the same libgomp). Where
-the CPU lacks the instructions, no compiler is found, or TABWRITE_VNNI=0, `library()` is
-None and the layers use PyTorch's kernels, as before.
+- **Packed 4- and 8-bit layers at a few rows** (`csrc/vnni_linear.c`, `Layer`). A decoding
+  step multiplies 3 rows by every weight. PyTorch's packed kernels
+  (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`) turn each weight back into a
+  float before multiplying, and that work, not memory, set their pace: about 12 GB/s of
+  packed weights. Ours rounds each row of activations to 8 bits per group of 32 (a scale
+  per group, as GGUF's Q8_0 does) and multiplies bytes by bytes with AVX512-VNNI, 64
+  products an instruction, applying the weights' scales once per group. GPT-2-large's
+  1280 × 5120 layer at 3 rows: 83 against 280 µs; the embedded model's 576 × 1536: 18
+  against 45 µs. The weights are the same; the activations' 8-bit rounding adds about
+  0.5 % of relative error to a product (bfloat16 alone: 0.25 %).
+- **Llama's RMSNorm on bfloat16** (`csrc/rms_norm.c`, `rms_norm`, used by fused.py):
+  transformers spells it in seven operations with float32 copies between them; ours is
+  one pass computing the same values (see fused.py).
+
+The sources are compiled together once per machine into the cache folder (0.3 s with
+gcc), and their OpenMP threads are PyTorch's own (the same libgomp). Where the CPU lacks
+AVX512-VNNI or AVX512-BF16, no compiler is found, or TABWRITE_NATIVE=0, `library()` is
+None and everything runs as PyTorch and transformers have it.
 """
 import ctypes
 import functools
@@ -30,13 +36,13 @@ import torch
 from .config import cache_dir
 from .formats import cpu_flags
 
-SOURCE = Path(__file__).resolve().parent / "native" / "vnni_linear.c"
+SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.c"))
 CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "f16c"})
 COMPILE = ["-O3", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
            "-mavx512bf16", "-mf16c", "-mfma"]
 GROUP = 32  # inputs per activation scale, and per weight scale in 4 bits
 BLOCK = 16  # outputs per vector: the weights are laid out, and padded, in blocks of 16 outputs
-ENABLED_VARIABLE = "TABWRITE_VNNI"
+ENABLED_VARIABLE = "TABWRITE_NATIVE"
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +52,20 @@ def library():
     """The loaded kernels (ctypes), or None where they cannot run here (see `why_not`)."""
     reason = why_not()
     if reason:
-        log.info("packed layers use PyTorch's kernels: %s", reason)
+        log.info("our C kernels are off (PyTorch's serve instead): %s", reason)
         return None
     try:
         lib = ctypes.CDLL(str(_built()))
     except (OSError, subprocess.CalledProcessError) as error:
-        log.warning("packed layers use PyTorch's kernels: building %s failed: %s", SOURCE.name, error)
+        log.warning("our C kernels are off (PyTorch's serve instead): building them failed: %s", error)
         return None
     pointer, number = ctypes.c_void_p, ctypes.c_int
     lib.tabwrite_int4_linear.argtypes = [pointer, number, number, number, pointer, pointer, pointer, pointer,
                                          pointer, number]
     lib.tabwrite_int8_linear.argtypes = [pointer, number, number, number, pointer, pointer, pointer, pointer,
                                          number]
+    lib.tabwrite_rms_norm.argtypes = [pointer, ctypes.c_long, number, pointer, ctypes.c_float, pointer, number]
+    lib.tabwrite_rms_norm.restype = None
     return lib
 
 
@@ -83,16 +91,15 @@ def _compiler():
 
 
 def _built():
-    """The compiled library in the cache folder, compiling it first when this source and flags are new."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(COMPILE).encode()).hexdigest()[:16]
-    target = cache_dir({}) / "native" / f"vnni_linear-{digest}.so"
+    """The compiled library in the cache folder, compiling it first when these sources and flags are new."""
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(COMPILE).encode())
+    target = cache_dir({}) / "native" / f"tabwrite-{digest.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # compiled beside the target, then renamed: another process building at once finds a whole file or none
         with tempfile.TemporaryDirectory(dir=target.parent) as folder:
             partial = Path(folder) / target.name
-            subprocess.run([_compiler(), *COMPILE, "-o", str(partial), str(SOURCE)], check=True,
+            subprocess.run([_compiler(), *COMPILE, "-o", str(partial), *map(str, SOURCES)], check=True,
                            capture_output=True, text=True)
             os.replace(partial, target)
     return target
@@ -157,6 +164,14 @@ class Layer:
         if status:
             raise MemoryError("the packed kernel could not allocate its working memory")
         return outputs
+
+
+def rms_norm(rows, weight, epsilon):
+    """Llama's RMSNorm of contiguous bfloat16 `rows` [..., width] (width a multiple of 16) by a bfloat16 `weight`."""
+    outputs = torch.empty_like(rows)
+    library().tabwrite_rms_norm(rows.data_ptr(), rows.numel() // rows.shape[-1], rows.shape[-1], weight.data_ptr(),
+                                epsilon, outputs.data_ptr(), torch.get_num_threads())
+    return outputs
 
 
 def _address(tensor):

@@ -1,6 +1,6 @@
 /* Linear layers with 4- or 8-bit weights for a few rows at a time, on AVX512-VNNI.
 
-   Built and loaded by webapp/vnni.py (which says why). Both kernels quantize each row of
+   Built and loaded by webapp/native.py (which says why). Both kernels quantize each row of
    activations to 8 bits per group of 32 inputs (a scale per group, as GGUF's Q8_0 does),
    then multiply bytes by bytes with VPDPBUSD, 64 products an instruction, and apply the
    scales once per group in float32.

@@ -1,14 +1,16 @@
-"""Our AVX512-VNNI kernels for 4- and 8-bit layers (webapp/vnni.py, webapp/native/vnni_linear.c)."""
+"""Our C kernels (webapp/native.py, webapp/csrc/): 4- and 8-bit layers for a few rows, and Llama's RMSNorm."""
+import copy
 import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from webapp import lowbit, vnni
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from webapp import lowbit, native
 from webapp.lowbit import GROUP, PackedLinear
 
-needs_kernel = pytest.mark.skipif(vnni.library() is None, reason=f"the VNNI kernel cannot run here: {vnni.why_not()}")
+needs_kernel = pytest.mark.skipif(native.library() is None, reason=f"our kernels cannot run here: {native.why_not()}")
 
 
 def activations_as_the_kernel_rounds_them(rows):
@@ -37,7 +39,7 @@ def exact_int4(levels, scales_and_zeros):
 
 def product(bits, rows, weights, bias, outputs):
     """Our kernel's product of bfloat16 `rows` and `weights` (as pack_int4 or pack_int8 give them)."""
-    return vnni.Layer(bits, weights, bias, rows.shape[1], outputs)(rows)
+    return native.Layer(bits, weights, bias, rows.shape[1], outputs)(rows)
 
 
 def assert_within_bfloat16_of(outputs, expected):
@@ -58,9 +60,9 @@ def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs,
     bias = torch.randn(outputs).bfloat16() if with_bias else None
     rounded = activations_as_the_kernel_rounds_them(rows_in)
     added = 0 if bias is None else bias.float()
-    four = product(4, rows_in, vnni.pack_int4(levels, scales_and_zeros), bias, outputs)
+    four = product(4, rows_in, native.pack_int4(levels, scales_and_zeros), bias, outputs)
     assert_within_bfloat16_of(four, rounded @ exact_int4(levels, scales_and_zeros).T + added)
-    eight = product(8, rows_in, vnni.pack_int8(levels8, scales8), bias, outputs)
+    eight = product(8, rows_in, native.pack_int8(levels8, scales8), bias, outputs)
     assert_within_bfloat16_of(eight, rounded @ (levels8.float() * scales8.float()[:, None]).T + added)
 
 
@@ -68,14 +70,14 @@ def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs,
 def test_rounding_the_activations_costs_under_one_percent_of_the_product():
     (levels, scales_and_zeros), _ = layer_weights(1280, 1280, seed=3)
     rows = torch.randn(3, 1280, generator=torch.Generator().manual_seed(4)).bfloat16()
-    outputs = product(4, rows, vnni.pack_int4(levels, scales_and_zeros), None, 1280).float()
+    outputs = product(4, rows, native.pack_int4(levels, scales_and_zeros), None, 1280).float()
     expected = rows.float() @ exact_int4(levels, scales_and_zeros).T
     assert 0 < ((outputs - expected).norm() / expected.norm()).item() < 0.01  # measured: 0.55 %
 
 
 def test_the_4_bit_layout_holds_each_level_where_the_kernel_reads_it():
     (levels, scales_and_zeros), _ = layer_weights(40, 64, seed=5)
-    packed, scales, zeros = vnni.pack_int4(levels, scales_and_zeros)
+    packed, scales, zeros = native.pack_int4(levels, scales_and_zeros)
     assert packed.shape == (3, 2, 4, 16, 4) and packed.dtype == torch.uint8  # 40 outputs: 3 blocks, the last padded
     for output, block_output, block in [(0, 0, 0), (17, 1, 1), (39, 7, 2)]:
         for input_ in (0, 5, 19, 31, 32, 63):
@@ -91,7 +93,7 @@ def test_the_4_bit_layout_holds_each_level_where_the_kernel_reads_it():
 
 def test_the_8_bit_layout_holds_each_weight_plus_128_where_the_kernel_reads_it():
     _, (levels, scales) = layer_weights(20, 64, seed=6)
-    packed, padded_scales = vnni.pack_int8(levels, scales)
+    packed, padded_scales = native.pack_int8(levels, scales)
     assert packed.shape == (2, 2, 8, 16, 4) and padded_scales.shape == (32,)
     for output, input_ in [(0, 0), (3, 37), (19, 63)]:
         block, block_output = divmod(output, 16)
@@ -103,7 +105,7 @@ def test_the_8_bit_layout_holds_each_weight_plus_128_where_the_kernel_reads_it()
 @needs_kernel
 def test_one_thread_or_two_give_the_same_outputs():
     (levels, scales_and_zeros), _ = layer_weights(512, 256, seed=8)
-    weights = vnni.pack_int4(levels, scales_and_zeros)
+    weights = native.pack_int4(levels, scales_and_zeros)
     rows = torch.randn(6, 256).bfloat16()
     threads = torch.get_num_threads()
     try:
@@ -118,7 +120,7 @@ def test_one_thread_or_two_give_the_same_outputs():
 def test_packed_layers_take_the_kernel_only_for_whole_groups_of_inputs():
     assert PackedLinear.from_linear(torch.nn.Linear(64, 32), 4).kernel == "vnni"
     assert PackedLinear.from_linear(torch.nn.Linear(64, 50), 8).kernel == "vnni"
-    assert not vnni.takes(48)
+    assert not native.takes(48)
     layer = PackedLinear.from_linear(torch.nn.Linear(48, 32), 8)  # 8 bits takes multiples of 16: PyTorch's kernel
     assert layer.kernel == "aten"
     rows = torch.randn(3, 48).bfloat16()
@@ -126,29 +128,29 @@ def test_packed_layers_take_the_kernel_only_for_whole_groups_of_inputs():
 
 
 def test_why_not_names_what_keeps_the_kernel_off(monkeypatch):
-    monkeypatch.setenv(vnni.ENABLED_VARIABLE, "0")
-    assert vnni.ENABLED_VARIABLE in vnni.why_not()
-    monkeypatch.delenv(vnni.ENABLED_VARIABLE)
-    assert "avx512_vnni" in vnni.why_not(flags=frozenset({"avx512f", "avx512bw"}))
+    monkeypatch.setenv(native.ENABLED_VARIABLE, "0")
+    assert native.ENABLED_VARIABLE in native.why_not()
+    monkeypatch.delenv(native.ENABLED_VARIABLE)
+    assert "avx512_vnni" in native.why_not(flags=frozenset({"avx512f", "avx512bw"}))
     monkeypatch.setenv("CC", "no-such-compiler")
-    assert "compiler" in vnni.why_not(flags=vnni.CPU_FLAGS)
+    assert "compiler" in native.why_not(flags=native.CPU_FLAGS)
     monkeypatch.delenv("CC")
-    assert vnni.why_not(flags=vnni.CPU_FLAGS | {"sse2"}) == ("" if vnni._compiler() else vnni.why_not())
+    assert native.why_not(flags=native.CPU_FLAGS | {"sse2"}) == ("" if native._compiler() else native.why_not())
 
 
 @needs_kernel
 def test_the_library_is_compiled_once_into_the_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built = vnni._built()
+    built = native._built()
     assert built.parent == tmp_path / "tabwrite" / "native" and built.suffix == ".so"
     first = built.stat().st_mtime_ns
-    assert vnni._built() == built and built.stat().st_mtime_ns == first  # found, not compiled again
+    assert native._built() == built and built.stat().st_mtime_ns == first  # found, not compiled again
     assert os.listdir(built.parent) == [built.name]  # no half-written file left beside it
 
 
 def test_the_readme_says_how_to_switch_the_kernel_off():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert f"`{vnni.ENABLED_VARIABLE}=0`" in readme and "vnni_linear.c" in readme
+    assert f"`{native.ENABLED_VARIABLE}=0`" in readme and "vnni_linear.c" in readme
 
 
 @needs_kernel
@@ -159,3 +161,46 @@ def test_a_layer_whose_tensors_are_replaced_hands_the_kernel_the_new_ones():
     layer._apply(lambda tensor: tensor.clone())  # what .to(), .share_memory() and the like go through
     assert layer._kernel.weights[0] is layer.packed and layer._kernel.bias is layer.bias
     assert torch.equal(layer(rows), before)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows, width", [(1, 64), (3, 576), (40, 576), (300, 1280)])
+def test_the_rms_norm_computes_transformers_values_on_bfloat16(rows, width):
+    # 40 and 300 rows: shared by the threads; a decoding step's 3 stay on one
+    norm = LlamaRMSNorm(width, eps=1e-5)
+    norm.weight.data = (torch.randn(width, generator=torch.Generator().manual_seed(width)) * 0.3 + 1).bfloat16()
+    hidden = (torch.randn(rows, 2, width, generator=torch.Generator().manual_seed(rows)) * 3).bfloat16()
+    expected, ours = norm(hidden), native.rms_norm(hidden, norm.weight, norm.variance_epsilon)
+    assert ours.dtype == torch.bfloat16 and ours.shape == expected.shape
+    differ = ours != expected
+    # only the sum of squares is added in another order: now and then the last bit of an output moves
+    assert differ.float().mean() < 1e-4
+    assert ((ours.float() - expected.float()).abs() <= 2 ** -7 * expected.float().abs()).all()
+
+
+def test_the_engine_swaps_llamas_norms_for_ours_and_bfloat16_logits_stay_the_same(embedded):
+    from webapp import fused
+    from webapp.engine import Engine
+    from webapp.models import wrap_model
+
+    model = copy.deepcopy(embedded.model).to(torch.bfloat16)
+    ids = embedded.tokenizer("The river ran quietly past the old mill, where the", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        Engine(wrap_model(model, embedded.tokenizer, "bf16"))
+        after = model(input_ids=ids).logits
+    norms = [type(module) for module in model.modules() if isinstance(module, LlamaRMSNorm)]
+    if native.library() is None:
+        assert set(norms) == {LlamaRMSNorm}
+        return
+    assert set(norms) == {fused.NativeRMSNorm} and len(norms) == 2 * model.config.num_hidden_layers + 1
+    assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
+    assert (after.float() - before.float()).abs().max() < 0.1 * before.float().abs().max()
+    float_norm, hidden = fused.NativeRMSNorm(model.config.hidden_size, 1e-5), torch.randn(2, model.config.hidden_size)
+    calls = []
+    original = native.rms_norm
+    native.rms_norm = lambda *args: calls.append(args) or original(*args)
+    try:  # float32 activations go through transformers' own code
+        assert torch.equal(float_norm(hidden), LlamaRMSNorm.forward(float_norm, hidden)) and not calls
+    finally:
+        native.rms_norm = original
