@@ -204,3 +204,16 @@ def test_the_engine_swaps_llamas_norms_for_ours_and_bfloat16_logits_stay_the_sam
         assert torch.equal(float_norm(hidden), LlamaRMSNorm.forward(float_norm, hidden)) and not calls
     finally:
         native.rms_norm = original
+
+
+def test_a_failed_build_leaves_pytorchs_kernels_in_place_and_says_why(monkeypatch, caplog):
+    import subprocess
+
+    def failing_build():
+        raise subprocess.CalledProcessError(1, ["cc"], stderr="error: unknown flag")
+
+    monkeypatch.setattr(native, "why_not", lambda flags=None: "")
+    monkeypatch.setattr(native, "_built", failing_build)
+    with caplog.at_level("WARNING", logger="webapp.native"):
+        assert native.library.__wrapped__() is None  # the uncached body: what a first call would do
+    assert "building them failed: error: unknown flag" in caplog.text

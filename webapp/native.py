@@ -57,7 +57,8 @@ def library():
     try:
         lib = ctypes.CDLL(str(_built()))
     except (OSError, subprocess.CalledProcessError) as error:
-        log.warning("our C kernels are off (PyTorch's serve instead): building them failed: %s", error)
+        detail = getattr(error, "stderr", None) or error  # the compiler's own words, where it said any
+        log.warning("our C kernels are off (PyTorch's serve instead): building them failed: %s", detail)
         return None
     pointer, number = ctypes.c_void_p, ctypes.c_int
     lib.tabwrite_int4_linear.argtypes = [pointer, number, number, number, pointer, pointer, pointer, pointer,
