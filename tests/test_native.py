@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from webapp import lowbit, native
 from webapp.lowbit import GROUP, PackedLinear
 
@@ -217,3 +217,33 @@ def test_a_failed_build_leaves_pytorchs_kernels_in_place_and_says_why(monkeypatc
     with caplog.at_level("WARNING", logger="webapp.native"):
         assert native.library.__wrapped__() is None  # the uncached body: what a first call would do
     assert "building them failed: error: unknown flag" in caplog.text
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(3, 1, 1536), (600, 1536)])
+def test_silu_times_up_computes_transformers_values_on_bfloat16(shape):
+    generator = torch.Generator().manual_seed(shape[0])
+    gate, up = ((torch.randn(shape, generator=generator) * 3).bfloat16() for _ in range(2))
+    gate.view(-1)[:4] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # e^-x far out of range both ways, and zeros
+    expected, ours = F.silu(gate) * up, native.silu_mul(gate, up)
+    assert ours.shape == expected.shape and ours.dtype == torch.bfloat16
+    # the same arithmetic with another e^x: now and then a last bit (none in the 920k values measured)
+    assert (ours != expected).float().mean() < 1e-4
+    assert ((ours.float() - expected.float()).abs() <= 2 ** -7 * expected.float().abs()).all()
+
+
+def test_the_engine_gives_llamas_mlps_our_activation_and_the_same_logits(embedded):
+    from webapp import fused
+    from webapp.engine import Engine
+    from webapp.models import wrap_model
+
+    model = copy.deepcopy(embedded.model).to(torch.bfloat16)
+    ids = embedded.tokenizer("Once upon a time there was a", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        Engine(wrap_model(model, embedded.tokenizer, "bf16"))
+        after = model(input_ids=ids).logits
+    mlps = {type(layer.mlp) for layer in model.model.layers}
+    assert mlps == ({fused.NativeLlamaMLP} if native.library() is not None else {LlamaMLP})
+    assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
+    assert (after.float() - before.float()).abs().max() < 0.1 * before.float().abs().max()

@@ -12,9 +12,10 @@ Two things PyTorch does slowly on this 2-core CPU:
   1280 × 5120 layer at 3 rows: 83 against 280 µs; the embedded model's 576 × 1536: 18
   against 45 µs. The weights are the same; the activations' 8-bit rounding adds about
   0.5 % of relative error to a product (bfloat16 alone: 0.25 %).
-- **Llama's RMSNorm on bfloat16** (`csrc/rms_norm.c`, `rms_norm`, used by fused.py):
-  transformers spells it in seven operations with float32 copies between them; ours is
-  one pass computing the same values (see fused.py).
+- **Llama's RMSNorm and its MLP's silu(gate) × up on bfloat16** (`csrc/rms_norm.c`,
+  `csrc/silu_mul.c`; `rms_norm`, `silu_mul`, used by fused.py): transformers spells them
+  in seven and two operations with copies between them; ours are one pass each,
+  computing the same values (see fused.py).
 
 The sources are compiled together once per machine into the cache folder (0.3 s with
 gcc), and their OpenMP threads are PyTorch's own (the same libgomp). Where the CPU lacks
@@ -67,6 +68,8 @@ def library():
                                          number]
     lib.tabwrite_rms_norm.argtypes = [pointer, ctypes.c_long, number, pointer, ctypes.c_float, pointer, number]
     lib.tabwrite_rms_norm.restype = None
+    lib.tabwrite_silu_mul.argtypes = [pointer, pointer, ctypes.c_long, pointer, number]
+    lib.tabwrite_silu_mul.restype = None
     return lib
 
 
@@ -172,6 +175,14 @@ def rms_norm(rows, weight, epsilon):
     outputs = torch.empty_like(rows)
     library().tabwrite_rms_norm(rows.data_ptr(), rows.numel() // rows.shape[-1], rows.shape[-1], weight.data_ptr(),
                                 epsilon, outputs.data_ptr(), torch.get_num_threads())
+    return outputs
+
+
+def silu_mul(gate, up):
+    """silu(gate) × up (Llama's MLP) of two contiguous bfloat16 tensors of one shape, size a multiple of 16."""
+    outputs = torch.empty_like(gate)
+    library().tabwrite_silu_mul(gate.data_ptr(), up.data_ptr(), gate.numel(), outputs.data_ptr(),
+                                torch.get_num_threads())
     return outputs
 
 
