@@ -178,7 +178,7 @@ def test_the_rms_norm_computes_transformers_values_on_bfloat16(rows, width):
     assert ((ours.float() - expected.float()).abs() <= 2 ** -7 * expected.float().abs()).all()
 
 
-def test_the_engine_swaps_llamas_norms_for_ours_and_bfloat16_logits_stay_the_same(embedded):
+def test_the_engine_swaps_llamas_norms_and_mlps_for_ours_and_bfloat16_logits_stay_the_same(embedded):
     from webapp import fused
     from webapp.engine import Engine
     from webapp.models import wrap_model
@@ -190,10 +190,12 @@ def test_the_engine_swaps_llamas_norms_for_ours_and_bfloat16_logits_stay_the_sam
         Engine(wrap_model(model, embedded.tokenizer, "bf16"))
         after = model(input_ids=ids).logits
     norms = [type(module) for module in model.modules() if isinstance(module, LlamaRMSNorm)]
+    mlps = {type(layer.mlp) for layer in model.model.layers}
     if native.library() is None:
-        assert set(norms) == {LlamaRMSNorm}
+        assert set(norms) == {LlamaRMSNorm} and mlps == {LlamaMLP}
         return
     assert set(norms) == {fused.NativeRMSNorm} and len(norms) == 2 * model.config.num_hidden_layers + 1
+    assert mlps == {fused.NativeLlamaMLP}
     assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
     assert (after.float() - before.float()).abs().max() < 0.1 * before.float().abs().max()
     float_norm, hidden = fused.NativeRMSNorm(model.config.hidden_size, 1e-5), torch.randn(2, model.config.hidden_size)
@@ -227,23 +229,7 @@ def test_silu_times_up_computes_transformers_values_on_bfloat16(shape):
     gate.view(-1)[:4] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # e^-x far out of range both ways, and zeros
     expected, ours = F.silu(gate) * up, native.silu_mul(gate, up)
     assert ours.shape == expected.shape and ours.dtype == torch.bfloat16
-    # the same arithmetic with another e^x: now and then a last bit (none in the 920k values measured)
+    # the same arithmetic with another e^x: now and then a last bit (none in 2.8 M values measured)
     assert (ours != expected).float().mean() < 1e-4
     assert ((ours.float() - expected.float()).abs() <= 2 ** -7 * expected.float().abs()).all()
 
-
-def test_the_engine_gives_llamas_mlps_our_activation_and_the_same_logits(embedded):
-    from webapp import fused
-    from webapp.engine import Engine
-    from webapp.models import wrap_model
-
-    model = copy.deepcopy(embedded.model).to(torch.bfloat16)
-    ids = embedded.tokenizer("Once upon a time there was a", return_tensors="pt").input_ids
-    with torch.inference_mode():
-        before = model(input_ids=ids).logits
-        Engine(wrap_model(model, embedded.tokenizer, "bf16"))
-        after = model(input_ids=ids).logits
-    mlps = {type(layer.mlp) for layer in model.model.layers}
-    assert mlps == ({fused.NativeLlamaMLP} if native.library() is not None else {LlamaMLP})
-    assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
-    assert (after.float() - before.float()).abs().max() < 0.1 * before.float().abs().max()
