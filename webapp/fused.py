@@ -27,12 +27,16 @@ from . import native
 from .formats import replace_layers
 
 
+def _runs_natively(tensor):
+    """Whether our C kernels take `tensor`: bfloat16 on the CPU, with the library loaded."""
+    return tensor.dtype == torch.bfloat16 and tensor.device.type == "cpu" and native.library() is not None
+
+
 class NativeRMSNorm(LlamaRMSNorm):
     """LlamaRMSNorm by our C kernel on bfloat16 CPU activations, by transformers' code on anything else."""
 
     def forward(self, hidden_states):
-        if (hidden_states.dtype == self.weight.dtype == torch.bfloat16 and hidden_states.device.type == "cpu"
-                and hidden_states.shape[-1] % 16 == 0 and native.library() is not None):
+        if _runs_natively(hidden_states) and self.weight.dtype == torch.bfloat16 and hidden_states.shape[-1] % 16 == 0:
             return native.rms_norm(hidden_states.contiguous(), self.weight, self.variance_epsilon)
         return super().forward(hidden_states)
 
@@ -42,8 +46,7 @@ class NativeLlamaMLP(LlamaMLP):
 
     def forward(self, x):
         gate, up = self.gate_proj(x), self.up_proj(x)
-        if (gate.dtype == up.dtype == torch.bfloat16 and gate.device.type == "cpu" and gate.shape == up.shape
-                and gate.numel() % 16 == 0 and native.library() is not None):
+        if _runs_natively(gate) and up.dtype == torch.bfloat16 and gate.shape == up.shape and gate.numel() % 16 == 0:
             return self.down_proj(native.silu_mul(gate.contiguous(), up.contiguous()))
         return self.down_proj(self.act_fn(gate) * up)
 
@@ -53,23 +56,20 @@ def fuse(model):
     gelu = GELUTanh()
     swapped = replace_layers(model, lambda child: gelu if type(child) is NewGELUActivation else None)
     if native.library() is not None:
-        swapped.update(replace_layers(model, _native_norm))
-        swapped.update(replace_layers(model, _native_mlp))
+        swapped.update(replace_layers(model, _native))
     return len(swapped)
 
 
-def _native_mlp(child):
-    """`child`, a LlamaMLP with a SiLU, as a NativeLlamaMLP (its layers kept); any other module stays."""
-    if type(child) is not LlamaMLP or type(child.act_fn) is not SiLUActivation:
+def _native(child):
+    """`child` itself with our kernels' forward, for a LlamaRMSNorm or a LlamaMLP with a SiLU; else None.
+
+    Only the class changes: the module keeps its weights and layers (and exact subclasses of
+    transformers' are left alone, as they may compute something else).
+    """
+    if type(child) is LlamaRMSNorm:
+        child.__class__ = NativeRMSNorm
+    elif type(child) is LlamaMLP and type(child.act_fn) is SiLUActivation:
+        child.__class__ = NativeLlamaMLP
+    else:
         return None
-    child.__class__ = NativeLlamaMLP  # the same module and layers, another forward
     return child
-
-
-def _native_norm(child):
-    """A NativeRMSNorm sharing `child`'s weight, for a LlamaRMSNorm (other norms, and subclasses, stay)."""
-    if type(child) is not LlamaRMSNorm:
-        return None
-    norm = NativeRMSNorm(child.weight.shape[0], child.variance_epsilon)
-    norm.weight = child.weight
-    return norm
