@@ -233,3 +233,18 @@ def test_silu_times_up_computes_transformers_values_on_bfloat16(shape):
     assert (ours != expected).float().mean() < 1e-4
     assert ((ours.float() - expected.float()).abs() <= 2 ** -7 * expected.float().abs()).all()
 
+
+
+@needs_kernel
+def test_a_changed_header_builds_a_new_library(monkeypatch, tmp_path):
+    import shutil
+
+    sources = tmp_path / "csrc"
+    shutil.copytree(native.CSRC, sources)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "CSRC", sources)
+    monkeypatch.setattr(native, "SOURCES", sorted(sources.glob("*.c")))
+    first = native._built()
+    header = sources / "bf16.h"
+    header.write_text(header.read_text() + "\n/* changed */\n")
+    assert native._built() != first  # the headers count in the library's name, as the sources do

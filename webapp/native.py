@@ -37,7 +37,8 @@ import torch
 from .config import cache_dir
 from .formats import cpu_flags
 
-SOURCES = sorted((Path(__file__).resolve().parent / "csrc").glob("*.c"))
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.c"))
 CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "f16c"})
 COMPILE = ["-O3", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
            "-mavx512bf16", "-mf16c", "-mfma"]
@@ -96,7 +97,8 @@ def _compiler():
 
 def _built():
     """The compiled library in the cache folder, compiling it first when these sources and flags are new."""
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(COMPILE).encode())
+    code = sorted(CSRC.glob("*.[ch]"))  # the headers too: a change to one rebuilds
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in code) + " ".join(COMPILE).encode())
     target = cache_dir({}) / "native" / f"tabwrite-{digest.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-static inline __m512 bf16_to_float(__m256i halves) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-}
-
-static inline __m512 load_bf16(const uint16_t *from) {
-    return bf16_to_float(_mm256_loadu_si256((const __m256i *)from));
-}
+#include "bf16.h"
 
 /* y [rows, width] = RMSNorm(x) x weight; width a multiple of 16. A few rows (a decoding step) stay on one thread. */
 void tabwrite_rms_norm(const uint16_t *x, long rows, int width, const uint16_t *weight, float epsilon, uint16_t *y,
@@ -29,7 +23,7 @@ void tabwrite_rms_norm(const uint16_t *x, long rows, int width, const uint16_t *
         }
         __m512 scale = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(squares) / (float)width + epsilon));
         for (int i = 0; i < width; i += 16) {
-            __m512 normed = bf16_to_float((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load_bf16(row + i), scale)));
+            __m512 normed = rounded_to_bf16(_mm512_mul_ps(load_bf16(row + i), scale));
             _mm256_storeu_si256((__m256i *)(y + r * width + i),
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(normed, load_bf16(weight + i))));
         }

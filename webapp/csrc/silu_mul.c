@@ -7,17 +7,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-static inline __m512 bf16_to_float(__m256i halves) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-}
-
-static inline __m512 load_bf16(const uint16_t *from) {
-    return bf16_to_float(_mm256_loadu_si256((const __m256i *)from));
-}
-
-static inline __m512 rounded_to_bf16(__m512 values) {
-    return bf16_to_float((__m256i)_mm512_cvtneps_pbh(values));
-}
+#include "bf16.h"
 
 /* e^x in float32: 2^n times a polynomial on [-ln2/2, ln2/2] (Cephes' coefficients); 0 below -87, inf above 88.7. */
 static inline __m512 exp_ps(__m512 x) {

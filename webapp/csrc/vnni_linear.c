@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16.h"
+
 #define GROUP 32
 #define BLOCK 16      /* outputs a vector holds */
 /* How far ahead of its reading each thread asks for weights. A decoding step reads every weight once,
@@ -24,21 +26,13 @@
 #define PREFETCH_BYTES 2048
 #define ROW_BLOCK 4   /* rows that share one reading of a block's weights (registers: 4 x 3 accumulators) */
 
-static inline __m512 bf16_to_float(__m256i halves) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-}
-
-static inline __m512 bf16_block(const uint16_t *from) {
-    return bf16_to_float(_mm256_loadu_si256((const __m256i *)from));
-}
-
 /* Each row of x [rows, in] (bfloat16) in 8 bits: xq [rows, in], scale xd and sum of levels xs [rows, groups]. */
 static void quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs) {
     int groups = in / GROUP;
     for (int r = 0; r < rows; r++) {
         for (int g = 0; g < groups; g++) {
             const uint16_t *from = x + (size_t)r * in + g * GROUP;
-            __m512 low = bf16_block(from), high = bf16_block(from + 16);
+            __m512 low = load_bf16(from), high = load_bf16(from + 16);
             float largest = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
             __m512 scale = _mm512_set1_ps(largest > 0.f ? 127.f / largest : 0.f);
             __m512i low_levels = _mm512_cvtps_epi32(_mm512_mul_ps(low, scale));  /* rounds to nearest even */
@@ -115,9 +109,9 @@ int tabwrite_int4_linear(const uint16_t *x, int rows, int in, int out, const uin
                     w[j] = _mm512_and_si512(packed, nibble);
                     w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
                 }
-                __m512 scale = bf16_block(sb + (size_t)g * BLOCK);
+                __m512 scale = load_bf16(sb + (size_t)g * BLOCK);
                 /* (level - 8) s + z = level s + (z - 8 s): the levels' products, then the sum of the inputs */
-                __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, bf16_block(zb + (size_t)g * BLOCK));
+                __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, load_bf16(zb + (size_t)g * BLOCK));
 #pragma GCC unroll 4
                 for (int k = 0; k < ROW_BLOCK; k++) {
                     if (k >= count) break;
