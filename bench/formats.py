@@ -6,8 +6,8 @@ format (`--formats`), the engine itself (no server) measures:
 - a decoding step of 3 options on a 300-token document (median of --steps steps),
 - the prefill of a 211-token prompt (llama.cpp's figure on this machine: 858 ms),
 - the embedded model's perplexity on a fixed text (random weights have no quality to lose),
-  read whole (the prompt's path: dense layers) and one token at a time in 3 rows (the
-  decoding steps' path: int4's packed kernels).
+  read whole (the prompt's path: dense layers) and one token at a time as 3 options of a
+  request (the decoding steps' path: in int4, the C step of decoder_step.py).
 The format `int4-aten` is int4 with PyTorch's packed kernels instead of ours (native.py), for
 the two side by side.
 In the same run, the baseline: one plain float32 `generate(num_return_sequences=3)` step
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +37,7 @@ from webapp.engine import Engine  # noqa: E402
 from webapp.formats import cpu_flags  # noqa: E402
 from webapp.models import load_model, resolve_model  # noqa: E402
 from webapp.protocol import SamplingSettings  # noqa: E402
-from webapp import native  # noqa: E402
+from webapp import kvcache, native, shared_prompt  # noqa: E402
 
 RANDOM_GPT2_LARGE = ROOT / "bench" / ".models" / "gpt2-large-random"
 QUALITY_TEXT = (
@@ -133,14 +132,23 @@ def load_format(spec, weight_format):
         native.library.cache_clear()
 
 
-def stepwise_perplexity(loaded, text, rows=3):
-    """Perplexity of `text` read one token at a time in `rows` identical rows: the path decoding steps take."""
-    ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-    cache, total = DynamicCache(), 0.0
+def stepwise_perplexity(engine, text, rows=3):
+    """Perplexity of `text` read one token at a time as `rows` options of one request: the decoding steps' path.
+
+    Each step feeds every option the text's next token, through the engine's forward pass
+    with OptionRows (each option sees the first token and its own columns), as its steps do.
+    """
+    ids = engine.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.inference_mode():
-        for position in range(ids.shape[1] - 1):
-            out = loaded.model(input_ids=ids[:, position:position + 1].expand(rows, 1), cache=cache, use_cache=True,
-                               position_ids=torch.full((rows, 1), position))
+        out = engine.model(input_ids=ids[:, :1], use_cache=True)
+        cache, seen = kvcache.growing(out.cache), torch.ones((1, rows, 1), dtype=torch.bool)
+        total = torch.nn.functional.cross_entropy(out.logits[:, -1].float(), ids[0, 1:2])
+        for position in range(1, ids.shape[1] - 1):
+            visible = torch.cat([seen, torch.eye(rows, dtype=torch.bool)[None]], dim=2)  # and its own new column
+            out = engine._forward(input_ids=ids[:, position:position + 1].expand(rows, 1), cache=cache,
+                                  use_cache=True, position_ids=torch.full((rows, 1), position),
+                                  option_rows=shared_prompt.OptionRows(visible))
+            cache, seen = out.cache, visible
             total += torch.nn.functional.cross_entropy(out.logits[:1, -1].float(), ids[0, position + 1:position + 2])
     return float(torch.exp(total / (ids.shape[1] - 1)))
 
@@ -214,7 +222,7 @@ def main():
             step = time_steps(engine, text_300, args.steps)
             prefill = time_prefill(engine, text_211)
             perplexity = engine.score(QUALITY_TEXT)[0]["perplexity"] if name == "embedded" else None
-            stepwise = stepwise_perplexity(loaded, QUALITY_TEXT) if name == "embedded" else None
+            stepwise = stepwise_perplexity(engine, QUALITY_TEXT) if name == "embedded" else None
             reference_ppl = reference_ppl or perplexity
             rows.append({"model": name, "format": weight_format, "step_ms": round(step, 1),
                          "baseline_step_ms": round(baseline, 1), "speedup": round(baseline / step, 2),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-from . import fused, kvcache, shared_prompt
+from . import decoder_step, fused, kvcache, shared_prompt
 from .detokenizer import StreamingDetokenizer
 from .healing import TokenHealer
 from .protocol import BEAM
@@ -167,6 +167,7 @@ class Engine:
         self._stack = None  # the batched steps' kvcache.Stack, a row per request, kept while anyone in it writes on
         shared_prompt.install(self.model)
         fused.fuse(self.model)
+        decoder_step.install(self.model)
         _feed_densely(self.model.get_output_embeddings())
 
     # ---- the narrow interface -------------------------------------------------------

@@ -130,6 +130,18 @@ class GrowingLayer(DynamicLayer):
             key_states, value_states = self.regroup(key_states), self.regroup(value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        (keys, values), length = self.room_for(key_states, value_states)
+        end = length + key_states.shape[-2]
+        keys[:, :, length:end] = key_states
+        values[:, :, length:end] = value_states
+        self.use_buffers(keys, values, end)
+        return self.keys, self.values
+
+    def room_for(self, key_states, value_states):
+        """Buffers (keys, values) with room for the given states' columns after this layer's positions, and its length.
+
+        They are this layer's own buffers when those have the room, else new ones holding its positions.
+        """
         length = self.get_seq_length()
         end = length + key_states.shape[-2]
         if not self._has_room(key_states, length, end):
@@ -137,11 +149,7 @@ class GrowingLayer(DynamicLayer):
                             for states, current in ((key_states, self.keys), (value_states, self.values)))
             self.use_buffers(*buffers, length)
             self.lent = 0  # nobody has seen the new buffers
-        keys, values = self.buffers
-        keys[:, :, length:end] = key_states
-        values[:, :, length:end] = value_states
-        self.use_buffers(keys, values, end)
-        return self.keys, self.values
+        return self.buffers, length
 
     def crop(self, tokens_to_remove):
         owned = self.owns_its_keys()

@@ -1,6 +1,6 @@
 """Our C kernels for the CPU (`webapp/csrc/`), compiled here with the machine's C compiler and loaded with ctypes.
 
-Two things PyTorch does slowly on this 2-core CPU:
+Three things PyTorch and transformers do slowly on this 2-core CPU:
 
 - **Packed 4- and 8-bit layers at a few rows** (`csrc/vnni_linear.c`, `Layer`). A decoding
   step multiplies 3 rows by every weight. PyTorch's packed kernels
@@ -16,6 +16,9 @@ Two things PyTorch does slowly on this 2-core CPU:
   `csrc/silu_mul.c`; `rms_norm`, `silu_mul`, used by fused.py): transformers spells them
   in seven and two operations with copies between them; ours are one pass each,
   computing the same values (see fused.py).
+- **A decoding step as a whole** (`csrc/decoder_step.c`, used by decoder_step.py): each
+  layer's hundred-odd small tensor operations cost more than its products; in C a
+  Llama or GPT-2 layer is one pass, built from the pieces above (`csrc/kernels.h`).
 
 The sources are compiled together once per machine into the cache folder (0.3 s with
 gcc), and their OpenMP threads are PyTorch's own (the same libgomp). Where the CPU lacks
@@ -71,6 +74,8 @@ def library():
     lib.tabwrite_rms_norm.restype = None
     lib.tabwrite_silu_mul.argtypes = [pointer, pointer, ctypes.c_long, pointer, number]
     lib.tabwrite_silu_mul.restype = None
+    lib.tabwrite_llama_step.argtypes = [pointer] * 8 + [ctypes.c_float, ctypes.c_float, number]
+    lib.tabwrite_gpt2_step.argtypes = [pointer] * 6 + [ctypes.c_float, ctypes.c_float, number]
     return lib
 
 

@@ -17,17 +17,15 @@
 #include <stdlib.h>
 
 #include "bf16.h"
+#include "kernels.h"
 
-#define GROUP 32
-#define BLOCK 16      /* outputs a vector holds */
 /* How far ahead of its reading each thread asks for weights. A decoding step reads every weight once,
    from memory rather than cache: GPT-2-large's 4-bit layers took 26.6 ms a step without, 21.8 to 23.1
    with 1 to 2 KB (4 and 8 KB: 22.9, 24.9). */
 #define PREFETCH_BYTES 2048
 #define ROW_BLOCK 4   /* rows that share one reading of a block's weights (registers: 4 x 3 accumulators) */
 
-/* Each row of x [rows, in] (bfloat16) in 8 bits: xq [rows, in], scale xd and sum of levels xs [rows, groups]. */
-static void quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs) {
+void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs) {
     int groups = in / GROUP;
     for (int r = 0; r < rows; r++) {
         for (int g = 0; g < groups; g++) {
@@ -76,6 +74,44 @@ static inline __m512i group_products(const __m512i *w, const int8_t *xq) {
     return _mm512_add_epi32(even, odd);
 }
 
+void tabwrite_int4_block(int b, int rows, int in, int out, const int8_t *xq, const float *xd, const int32_t *xs,
+                         const uint8_t *levels, const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias,
+                         uint16_t *y) {
+    int groups = in / GROUP;
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    const uint8_t *wb = levels + (size_t)b * groups * 256;
+    const uint16_t *sb = scales + (size_t)b * groups * BLOCK, *zb = zeros + (size_t)b * groups * BLOCK;
+    __m512 added = block_bias(bias ? bias + b * BLOCK : NULL, out - b * BLOCK);
+    for (int r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        int count = rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK;
+        __m512 acc[ROW_BLOCK];
+        for (int k = 0; k < ROW_BLOCK; k++) acc[k] = _mm512_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            __m512i w[8];
+            const char *ahead = (const char *)(wb + (size_t)g * 256) + PREFETCH_BYTES;
+            for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+            for (int j = 0; j < 4; j++) {
+                __m512i packed = _mm512_loadu_si512((const void *)(wb + (size_t)g * 256 + 64 * j));
+                w[j] = _mm512_and_si512(packed, nibble);
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+            }
+            __m512 scale = load_bf16(sb + (size_t)g * BLOCK);
+            /* (level - 8) s + z = level s + (z - 8 s): the levels' products, then the sum of the inputs */
+            __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, load_bf16(zb + (size_t)g * BLOCK));
+#pragma GCC unroll 4
+            for (int k = 0; k < ROW_BLOCK; k++) {
+                if (k >= count) break;
+                int row = (r0 + k) * groups + g;
+                __m512 products = _mm512_cvtepi32_ps(group_products(w, xq + (size_t)(r0 + k) * in + g * GROUP));
+                acc[k] = _mm512_fmadd_ps(products, _mm512_mul_ps(scale, _mm512_set1_ps(xd[row])), acc[k]);
+                acc[k] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(xd[row] * (float)xs[row]), acc[k]);
+            }
+        }
+        for (int k = 0; k < count; k++)
+            store_outputs(y + (size_t)(r0 + k) * out + b * BLOCK, _mm512_add_ps(acc[k], added), out - b * BLOCK);
+    }
+}
+
 /* y [rows, out] = x W^T + bias, W[o, 32g + i] = (level - 8) x scale + zero; scales and zeros [blocks, groups, 16]
    bfloat16, as torch's int4 kernel reads them. Returns 0, or -1 when out of memory. */
 int tabwrite_int4_linear(const uint16_t *x, int rows, int in, int out, const uint8_t *levels,
@@ -89,42 +125,10 @@ int tabwrite_int4_linear(const uint16_t *x, int rows, int in, int out, const uin
         free(xq), free(xd), free(xs);
         return -1;
     }
-    quantize_rows(x, rows, in, xq, xd, xs);
-    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    tabwrite_quantize_rows(x, rows, in, xq, xd, xs);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int b = 0; b < blocks; b++) {
-        const uint8_t *wb = levels + (size_t)b * groups * 256;
-        const uint16_t *sb = scales + (size_t)b * groups * BLOCK, *zb = zeros + (size_t)b * groups * BLOCK;
-        __m512 added = block_bias(bias ? bias + b * BLOCK : NULL, out - b * BLOCK);
-        for (int r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-            int count = rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK;
-            __m512 acc[ROW_BLOCK];
-            for (int k = 0; k < ROW_BLOCK; k++) acc[k] = _mm512_setzero_ps();
-            for (int g = 0; g < groups; g++) {
-                __m512i w[8];
-                const char *ahead = (const char *)(wb + (size_t)g * 256) + PREFETCH_BYTES;
-                for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
-                for (int j = 0; j < 4; j++) {
-                    __m512i packed = _mm512_loadu_si512((const void *)(wb + (size_t)g * 256 + 64 * j));
-                    w[j] = _mm512_and_si512(packed, nibble);
-                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-                }
-                __m512 scale = load_bf16(sb + (size_t)g * BLOCK);
-                /* (level - 8) s + z = level s + (z - 8 s): the levels' products, then the sum of the inputs */
-                __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, load_bf16(zb + (size_t)g * BLOCK));
-#pragma GCC unroll 4
-                for (int k = 0; k < ROW_BLOCK; k++) {
-                    if (k >= count) break;
-                    int row = (r0 + k) * groups + g;
-                    __m512 products = _mm512_cvtepi32_ps(group_products(w, xq + (size_t)(r0 + k) * in + g * GROUP));
-                    acc[k] = _mm512_fmadd_ps(products, _mm512_mul_ps(scale, _mm512_set1_ps(xd[row])), acc[k]);
-                    acc[k] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(xd[row] * (float)xs[row]), acc[k]);
-                }
-            }
-            for (int k = 0; k < count; k++)
-                store_outputs(y + (size_t)(r0 + k) * out + b * BLOCK, _mm512_add_ps(acc[k], added), out - b * BLOCK);
-        }
-    }
+    for (int b = 0; b < blocks; b++)
+        tabwrite_int4_block(b, rows, in, out, xq, xd, xs, levels, scales, zeros, bias, y);
     free(xq), free(xd), free(xs);
     return 0;
 }
@@ -141,7 +145,7 @@ int tabwrite_int8_linear(const uint16_t *x, int rows, int in, int out, const uin
         free(xq), free(xd), free(xs), free(shift);
         return -1;
     }
-    quantize_rows(x, rows, in, xq, xd, xs);
+    tabwrite_quantize_rows(x, rows, in, xq, xd, xs);
     for (int r = 0; r < rows; r++) {  /* what the stored +128 adds to every output of row r */
         float total = 0.f;
         for (int g = 0; g < groups; g++) total += 128.f * xd[r * groups + g] * (float)xs[r * groups + g];

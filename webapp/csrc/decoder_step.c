@@ -1,0 +1,368 @@
+/* A decoding step through all of a model's layers in one call, for Llama's layers and GPT-2's. Built by
+   webapp/native.py; used by webapp/decoder_step.py, which says why and when.
+
+   Each layer does what transformers' does, with the same roundings to bfloat16: the norm, the attention's
+   products (4-bit, vnni_linear.c), Llama's rotary embedding, the new keys and values written into the
+   cache, attention over the cache through a mask, the output product and the residual; the norm, the MLP's
+   products and activation, and the residual. The threads stay in one parallel region for the whole step
+   and share each product's blocks of outputs.
+
+   Batch rows are queries. The cache has a row per request, whose `queries` new columns (from `length`) are
+   its options' keys and values: column o of request r is batch row slots[r x queries + o], and batch row b
+   is query slot_of_row[b] = r x queries + o, which sees what visible[r, o, :] shows of its request's row. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "bf16.h"
+#include "kernels.h"
+
+/* The step's shape, as decoder_step.py writes it. */
+enum { HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, ROWS, REQUESTS, QUERIES, LENGTH, LAYERS, SHAPE_FIELDS };
+/* A layer's int64 fields in the table decoder_step.py writes: a product is 4 (levels, scales, zeros, bias), the
+   cache 8 (keys, then values: address, and the strides in elements of a cache row, a head and a position). */
+enum {
+    LLAMA_INPUT_NORM, LLAMA_POST_NORM, LLAMA_Q = 2, LLAMA_K = 6, LLAMA_V = 10, LLAMA_O = 14, LLAMA_GATE = 18,
+    LLAMA_UP = 22, LLAMA_DOWN = 26, LLAMA_CACHE = 30, LLAMA_FIELDS = 38
+};
+enum {
+    GPT2_LN_1, GPT2_LN_1_BIAS, GPT2_LN_2, GPT2_LN_2_BIAS, GPT2_QKV = 4, GPT2_PROJECTION = 8, GPT2_FC = 12,
+    GPT2_MLP_PROJECTION = 16, GPT2_CACHE = 20, GPT2_FIELDS = 28
+};
+
+typedef struct {
+    const uint8_t *levels;
+    const uint16_t *scales, *zeros, *bias;
+    int in, out;
+} packed;
+
+static packed packed_at(const int64_t *fields, int in, int out) {
+    packed layer = {(const uint8_t *)fields[0], (const uint16_t *)fields[1], (const uint16_t *)fields[2],
+                    (const uint16_t *)fields[3], in, out};
+    return layer;
+}
+
+/* A product's input rows in 8 bits (see vnni_linear.c). */
+typedef struct {
+    int8_t *levels;
+    float *scales;
+    int32_t *sums;
+} quantized;
+
+/* What every layer of a step shares. */
+typedef struct {
+    const int64_t *shape, *slots, *slot_of_row;
+    const uint8_t *visible;
+    float epsilon, scale;
+} step;
+
+/* y_i = x W_i^T for up to three layers of the same input, their blocks of outputs shared by the team's threads. */
+static void products(const packed *layers, uint16_t *const *outputs, int count, const quantized *x, int rows) {
+    int first[4] = {0};
+    for (int i = 0; i < count; i++) first[i + 1] = first[i] + (layers[i].out + BLOCK - 1) / BLOCK;
+#pragma omp for schedule(static)
+    for (int t = 0; t < first[count]; t++) {
+        int i = 0;
+        while (t >= first[i + 1]) i++;
+        const packed *w = layers + i;
+        tabwrite_int4_block(t - first[i], rows, w->in, w->out, x->levels, x->scales, x->sums, w->levels,
+                            w->scales, w->zeros, w->bias, outputs[i]);
+    }
+}
+
+/* residual = bf16(residual + added), as `residual + hidden_states` on bfloat16 tensors. */
+static void add_into(uint16_t *residual, const uint16_t *added, long n) {
+    for (long i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(residual + i),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(load_bf16(residual + i), load_bf16(added + i))));
+}
+
+/* nn.LayerNorm of one bfloat16 row: float32 mean and variance, (x - mean) / sqrt(variance + eps) x w + b. */
+static void layer_norm_row(const uint16_t *x, int width, const uint16_t *weight, const uint16_t *bias, float epsilon,
+                           uint16_t *y) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < width; i += 16) sum = _mm512_add_ps(sum, load_bf16(x + i));
+    __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / (float)width), squares = _mm512_setzero_ps();
+    for (int i = 0; i < width; i += 16) {
+        __m512 centred = _mm512_sub_ps(load_bf16(x + i), mean);
+        squares = _mm512_fmadd_ps(centred, centred, squares);
+    }
+    __m512 scale = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(squares) / (float)width + epsilon));
+    for (int i = 0; i < width; i += 16) {
+        __m512 normed = _mm512_mul_ps(_mm512_sub_ps(load_bf16(x + i), mean), scale);
+        _mm256_storeu_si256((__m256i *)(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(
+                                                    normed, load_bf16(weight + i), load_bf16(bias + i))));
+    }
+}
+
+/* GPT-2's gelu_new (the tanh form) in place, computed in float32 and rounded to bfloat16 once. */
+static void gelu_tanh(uint16_t *x, long n) {
+    const __m512 beta = _mm512_set1_ps(0.7978845608028654f), kappa = _mm512_set1_ps(0.044715f);
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f), minus_two = _mm512_set1_ps(-2.f);
+    for (long i = 0; i < n; i += 16) {
+        __m512 v = load_bf16(x + i);
+        __m512 inner = _mm512_mul_ps(beta, _mm512_fmadd_ps(_mm512_mul_ps(kappa, v), _mm512_mul_ps(v, v), v));
+        /* tanh(u) = sign(u) (1 - e^-2|u|) / (1 + e^-2|u|): e^x never overflows here */
+        __m512 t = exp_ps(_mm512_mul_ps(minus_two, _mm512_abs_ps(inner)));
+        __m512 magnitude = _mm512_div_ps(_mm512_sub_ps(one, t), _mm512_add_ps(one, t));
+        __m512 tanh = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(magnitude),
+            _mm512_and_si512(_mm512_castps_si512(inner), _mm512_set1_epi32((int)0x80000000))));
+        __m512 y = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, tanh));
+        _mm256_storeu_si256((__m256i *)(x + i), (__m256i)_mm512_cvtneps_pbh(y));
+    }
+}
+
+/* transformers' apply_rotary_pos_emb on one row's heads [heads, dim], in place: x cos + rotate_half(x) sin, each
+   product and the sum rounded to bfloat16 as its three tensor operations do. */
+static void rotate(uint16_t *x, int heads, int dim, const uint16_t *cos, const uint16_t *sin) {
+    int half = dim / 2;
+    for (int h = 0; h < heads; h++) {
+        uint16_t *head = x + (size_t)h * dim;
+        for (int d = 0; d < half; d += 16) {
+            __m512 low = load_bf16(head + d), high = load_bf16(head + half + d);
+            __m512 new_low = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(low, load_bf16(cos + d))),
+                                           rounded_to_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), high),
+                                                                         load_bf16(sin + d))));
+            __m512 new_high = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(high, load_bf16(cos + half + d))),
+                                            rounded_to_bf16(_mm512_mul_ps(low, load_bf16(sin + half + d))));
+            _mm256_storeu_si256((__m256i *)(head + d), (__m256i)_mm512_cvtneps_pbh(new_low));
+            _mm256_storeu_si256((__m256i *)(head + half + d), (__m256i)_mm512_cvtneps_pbh(new_high));
+        }
+    }
+}
+
+/* The step's keys and values (batch row b's at k + b x stride, heads of `dim` after each other) into their
+   requests' rows of the cache, a column per query slot. */
+static void write_columns(const step *s, const int64_t *cache, const uint16_t *k, const uint16_t *v, long stride) {
+    int queries = s->shape[QUERIES], kv_heads = s->shape[KV_HEADS], dim = s->shape[HEAD_DIM];
+    for (int slot = 0; slot < s->shape[REQUESTS] * queries; slot++) {
+        long column = s->shape[LENGTH] + slot % queries, r = slot / queries;
+        for (int h = 0; h < kv_heads; h++) {
+            const uint16_t *from_k = k + s->slots[slot] * stride + h * dim;
+            const uint16_t *from_v = v + s->slots[slot] * stride + h * dim;
+            uint16_t *to_k = (uint16_t *)cache[0] + r * cache[1] + h * cache[2] + column * cache[3];
+            uint16_t *to_v = (uint16_t *)cache[4] + r * cache[5] + h * cache[6] + column * cache[7];
+            for (int d = 0; d < dim; d++) to_k[d] = from_k[d], to_v[d] = from_v[d];
+        }
+    }
+}
+
+static float dot_bf16(const uint16_t *a, const uint16_t *b, int dim) {
+    __m512 dot = _mm512_setzero_ps();
+    for (int d = 0; d < dim; d += 32)
+        dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_loadu_si512((const void *)(a + d)),
+                               (__m512bh)_mm512_loadu_si512((const void *)(b + d)));
+    return _mm512_reduce_add_ps(dot);
+}
+
+/* Attention of request r's queries on key head h over its cache row: softmax(scale q k^T) v in float32, keys
+   hidden where a query's visible row says so; batch row b's heads are at q + b x stride, its output at
+   out [rows, heads x dim]. `scores` has room for the row's columns. */
+static void attend(const step *s, int r, int h, const int64_t *cache, const uint16_t *q, long stride, float *scores,
+                   uint16_t *out) {
+    int heads = s->shape[HEADS], repeats = heads / s->shape[KV_HEADS], dim = s->shape[HEAD_DIM];
+    int queries = s->shape[QUERIES], columns = s->shape[LENGTH] + queries;
+    const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
+    const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
+    for (int b = 0; b < s->shape[ROWS]; b++) {
+        if (s->slot_of_row[b] / queries != r) continue;  /* another request's query */
+        const uint8_t *seen = s->visible + s->slot_of_row[b] * columns;
+        for (int head = h * repeats; head < (h + 1) * repeats; head++) {  /* grouped-query: these read key head h */
+            const uint16_t *query = q + b * stride + head * dim;
+            float largest = -INFINITY, total = 0.f;
+            for (int j = 0; j < columns; j++) {
+                scores[j] = seen[j] ? dot_bf16(query, keys + j * cache[3], dim) * s->scale : -INFINITY;
+                largest = scores[j] > largest ? scores[j] : largest;
+            }
+            __m512 sums[8];  /* dim <= 128 */
+            for (int d = 0; d < dim / 16; d++) sums[d] = _mm512_setzero_ps();
+            if (largest > -INFINITY) {
+                int j = 0;
+                for (; j + 16 <= columns; j += 16) {
+                    __m512 x = _mm512_loadu_ps(scores + j);
+                    __mmask16 shown = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                    __m512 e = _mm512_maskz_mov_ps(shown, exp_ps(_mm512_sub_ps(x, _mm512_set1_ps(largest))));
+                    _mm512_storeu_ps(scores + j, e);
+                    total += _mm512_reduce_add_ps(e);
+                }
+                for (; j < columns; j++) {
+                    scores[j] = scores[j] == -INFINITY ? 0.f : expf(scores[j] - largest);
+                    total += scores[j];
+                }
+                for (j = 0; j < columns; j++) {
+                    if (scores[j] == 0.f) continue;
+                    __m512 p = _mm512_set1_ps(scores[j]);
+                    const uint16_t *value = values + j * cache[7];
+                    for (int d = 0; d < dim / 16; d++) sums[d] = _mm512_fmadd_ps(p, load_bf16(value + 16 * d), sums[d]);
+                }
+            }
+            __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);  /* a query that sees nothing: zeros */
+            uint16_t *result = out + ((size_t)b * heads + head) * dim;
+            for (int d = 0; d < dim / 16; d++)
+                _mm256_storeu_si256((__m256i *)(result + 16 * d),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sums[d], inverse)));
+        }
+    }
+}
+
+/* The working memory of a step: a buffer per intermediate, and the quantized input of the next product. */
+typedef struct {
+    uint16_t *normed, *q, *k, *v, *mixed, *added, *wide, *up;
+    quantized x;
+} scratch;
+
+static int scratch_for(scratch *m, const int64_t *shape, int qkv_width) {
+    size_t rows = shape[ROWS], width = shape[HIDDEN], wide = shape[INTERMEDIATE];
+    size_t attention = shape[HEADS] * shape[HEAD_DIM], kv = shape[KV_HEADS] * shape[HEAD_DIM];
+    size_t widest = wide > attention ? wide : attention;
+    widest = widest > width ? widest : width;
+    m->normed = malloc(2 * rows * width), m->q = malloc(2 * rows * qkv_width), m->k = malloc(2 * rows * kv);
+    m->v = malloc(2 * rows * kv), m->mixed = malloc(2 * rows * attention), m->added = malloc(2 * rows * width);
+    m->wide = malloc(2 * rows * wide), m->up = malloc(2 * rows * wide);
+    m->x.levels = malloc(rows * widest), m->x.scales = malloc(sizeof(float) * rows * widest / GROUP);
+    m->x.sums = malloc(sizeof(int32_t) * rows * widest / GROUP);
+    return m->normed && m->q && m->k && m->v && m->mixed && m->added && m->wide && m->up && m->x.levels &&
+           m->x.scales && m->x.sums;
+}
+
+static void free_scratch(scratch *m) {
+    free(m->normed), free(m->q), free(m->k), free(m->v), free(m->mixed), free(m->added), free(m->wide), free(m->up);
+    free(m->x.levels), free(m->x.scales), free(m->x.sums);
+}
+
+/* Per-thread room for one query's scores over the cache row, or NULL (then the step is failed). */
+static float *scores_for(const int64_t *shape, int *failed) {
+    float *scores = malloc(sizeof(float) * (shape[LENGTH] + shape[QUERIES] + 16));
+#pragma omp atomic update
+    *failed |= !scores;
+#pragma omp barrier
+    return scores;
+}
+
+/* hidden [rows, hidden] (bfloat16) through a Llama model's layers, in place; cos and sin [rows, head_dim] are the
+   rotary embedding's. head_dim a multiple of 32 up to 128, widths multiples of 32. 0, or -1 when out of memory. */
+int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *table, const uint16_t *cos,
+                        const uint16_t *sin, const int64_t *slots, const int64_t *slot_of_row, const uint8_t *visible,
+                        float epsilon, float scale, int threads) {
+    step s = {shape, slots, slot_of_row, visible, epsilon, scale};
+    int width = shape[HIDDEN], heads = shape[HEADS], kv_heads = shape[KV_HEADS], dim = shape[HEAD_DIM];
+    int wide = shape[INTERMEDIATE], rows = shape[ROWS], attention = heads * dim, kv = kv_heads * dim;
+    scratch m;
+    int failed = !scratch_for(&m, shape, attention);
+#pragma omp parallel num_threads(threads) if (!failed)
+    {
+        float *scores = scores_for(shape, &failed);
+        for (int n = 0; n < shape[LAYERS] && !failed; n++) {
+            const int64_t *layer = table + (size_t)n * LLAMA_FIELDS;
+#pragma omp single
+            {
+                for (int r = 0; r < rows; r++)
+                    tabwrite_rms_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[LLAMA_INPUT_NORM],
+                                          epsilon, m.normed + (size_t)r * width);
+                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed qkv[3] = {packed_at(layer + LLAMA_Q, width, attention), packed_at(layer + LLAMA_K, width, kv),
+                             packed_at(layer + LLAMA_V, width, kv)};
+            uint16_t *qkv_out[3] = {m.q, m.k, m.v};
+            products(qkv, qkv_out, 3, &m.x, rows);
+#pragma omp single
+            {
+                for (int b = 0; b < rows; b++) {
+                    rotate(m.q + (size_t)b * attention, heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+                    rotate(m.k + (size_t)b * kv, kv_heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+                }
+                write_columns(&s, layer + LLAMA_CACHE, m.k, m.v, kv);
+            }
+#pragma omp for schedule(dynamic)
+            for (int task = 0; task < shape[REQUESTS] * kv_heads; task++)
+                attend(&s, task / kv_heads, task % kv_heads, layer + LLAMA_CACHE, m.q, attention, scores, m.mixed);
+#pragma omp single
+            tabwrite_quantize_rows(m.mixed, rows, attention, m.x.levels, m.x.scales, m.x.sums);
+            packed o = packed_at(layer + LLAMA_O, attention, width);
+            products(&o, &m.added, 1, &m.x, rows);
+#pragma omp single
+            {
+                add_into(hidden, m.added, (long)rows * width);
+                for (int r = 0; r < rows; r++)
+                    tabwrite_rms_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[LLAMA_POST_NORM],
+                                          epsilon, m.normed + (size_t)r * width);
+                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed mlp[2] = {packed_at(layer + LLAMA_GATE, width, wide), packed_at(layer + LLAMA_UP, width, wide)};
+            uint16_t *mlp_out[2] = {m.wide, m.up};
+            products(mlp, mlp_out, 2, &m.x, rows);
+#pragma omp single
+            {
+                tabwrite_silu_mul_range(m.wide, m.up, (long)rows * wide, m.wide);
+                tabwrite_quantize_rows(m.wide, rows, wide, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed down = packed_at(layer + LLAMA_DOWN, wide, width);
+            products(&down, &m.added, 1, &m.x, rows);
+#pragma omp single
+            add_into(hidden, m.added, (long)rows * width);
+        }
+        free(scores);
+    }
+    free_scratch(&m);
+    return failed ? -1 : 0;
+}
+
+/* hidden [rows, hidden] (bfloat16, token and position embeddings added) through a GPT-2 model's blocks, in
+   place. head_dim a multiple of 32 up to 128, widths multiples of 32. 0, or -1 when out of memory. */
+int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *table, const int64_t *slots,
+                       const int64_t *slot_of_row, const uint8_t *visible, float epsilon, float scale, int threads) {
+    step s = {shape, slots, slot_of_row, visible, epsilon, scale};
+    int width = shape[HIDDEN], heads = shape[HEADS], dim = shape[HEAD_DIM], wide = shape[INTERMEDIATE];
+    int rows = shape[ROWS], attention = heads * dim;
+    scratch m;
+    int failed = !scratch_for(&m, shape, 3 * attention);
+#pragma omp parallel num_threads(threads) if (!failed)
+    {
+        float *scores = scores_for(shape, &failed);
+        for (int n = 0; n < shape[LAYERS] && !failed; n++) {
+            const int64_t *layer = table + (size_t)n * GPT2_FIELDS;
+#pragma omp single
+            {
+                for (int r = 0; r < rows; r++)
+                    layer_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[GPT2_LN_1],
+                                   (const uint16_t *)layer[GPT2_LN_1_BIAS], epsilon, m.normed + (size_t)r * width);
+                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed qkv = packed_at(layer + GPT2_QKV, width, 3 * attention);  /* q, k and v side by side in a row */
+            products(&qkv, &m.q, 1, &m.x, rows);
+#pragma omp single
+            write_columns(&s, layer + GPT2_CACHE, m.q + attention, m.q + 2 * attention, 3 * attention);
+#pragma omp for schedule(dynamic)
+            for (int task = 0; task < shape[REQUESTS] * heads; task++)
+                attend(&s, task / heads, task % heads, layer + GPT2_CACHE, m.q, 3 * attention, scores, m.mixed);
+#pragma omp single
+            tabwrite_quantize_rows(m.mixed, rows, attention, m.x.levels, m.x.scales, m.x.sums);
+            packed projection = packed_at(layer + GPT2_PROJECTION, attention, width);
+            products(&projection, &m.added, 1, &m.x, rows);
+#pragma omp single
+            {
+                add_into(hidden, m.added, (long)rows * width);
+                for (int r = 0; r < rows; r++)
+                    layer_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[GPT2_LN_2],
+                                   (const uint16_t *)layer[GPT2_LN_2_BIAS], epsilon, m.normed + (size_t)r * width);
+                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed fc = packed_at(layer + GPT2_FC, width, wide);
+            products(&fc, &m.wide, 1, &m.x, rows);
+#pragma omp single
+            {
+                gelu_tanh(m.wide, (long)rows * wide);
+                tabwrite_quantize_rows(m.wide, rows, wide, m.x.levels, m.x.scales, m.x.sums);
+            }
+            packed down = packed_at(layer + GPT2_MLP_PROJECTION, wide, width);
+            products(&down, &m.added, 1, &m.x, rows);
+#pragma omp single
+            add_into(hidden, m.added, (long)rows * width);
+        }
+        free(scores);
+    }
+    free_scratch(&m);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,41 @@
+/* What the kernels of this folder share: row-level pieces that llama_step.c strings together inside one
+   parallel region, and the float32 e^x of the SiLU and of attention's softmax. */
+#ifndef TABWRITE_KERNELS_H
+#define TABWRITE_KERNELS_H
+#include <immintrin.h>
+#include <stdint.h>
+
+#define GROUP 32 /* inputs per activation scale (and per weight scale in 4 bits) */
+#define BLOCK 16 /* outputs a vector holds; weights are laid out and padded per block */
+
+/* Each row of x [rows, in] (bfloat16) in 8 bits: xq [rows, in], scale xd and sum of levels xs [rows, groups]. */
+void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs);
+
+/* Outputs 16b..16b+15 of y [rows, out] = x W^T + bias for a 4-bit layer (vnni_linear.c), x as quantized. */
+void tabwrite_int4_block(int b, int rows, int in, int out, const int8_t *xq, const float *xd, const int32_t *xs,
+                         const uint8_t *levels, const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias,
+                         uint16_t *y);
+
+/* One row of Llama's RMSNorm (rms_norm.c): y = bf16(bf16(x / rms(x)) x weight), width a multiple of 16. */
+void tabwrite_rms_norm_row(const uint16_t *x, int width, const uint16_t *weight, float epsilon, uint16_t *y);
+
+/* out [n] = bf16(bf16(silu(gate)) x up) (silu_mul.c), n a multiple of 16, on the calling thread. */
+void tabwrite_silu_mul_range(const uint16_t *gate, const uint16_t *up, long n, uint16_t *out);
+
+/* e^x in float32: 2^n times a polynomial on [-ln2/2, ln2/2] (Cephes' coefficients); 0 below -87, inf above 88.7. */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif

@@ -1,0 +1,276 @@
+"""A decoding step through all of a model's layers in one call to our C kernels (`csrc/decoder_step.c`).
+
+A decoding step of the embedded model (30 Llama layers, 3 options) took 21 to 29 ms
+here, of which its products took about 6: the rest was the cost of running each layer
+as some 130 small tensor operations (reshapes, copies, rotary embedding spelled out in
+seven operations, the attention's regrouping) and the modules' Python around them. In C
+a layer is one pass: the same 4-bit products (vnni_linear.c); the norms, rotary
+embedding, activation and residuals with transformers' roundings to bfloat16; the new
+keys and values written straight into the cache's rows, and attention over them through
+the step's mask (shared_prompt.OptionRows), in float32. GPT-2's blocks (GPT-2 large's
+architecture) go the same way.
+
+It takes a step when the model is Llama's or GPT-2's, packed in 4 bits on our kernel (the
+int4 format where the CPU has AVX512-VNNI), and the pass is a decoding step with
+OptionRows of few enough rows for the packed path. Anything else (reading a prompt,
+other formats, a class's big batch, beam search) goes through transformers' forward.
+"""
+import torch
+from torch import nn
+from transformers.activations import GELUTanh, NewGELUActivation, SiLUActivation
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPastAndCrossAttentions
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2Model
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaModel,
+                                                      LlamaRMSNorm)
+
+from . import kvcache, native
+from .fused import NativeLlamaMLP, NativeRMSNorm
+from .lowbit import PackedLinear
+
+
+class NativeLlamaModel(LlamaModel):
+    """LlamaModel whose decoding steps run through our C kernels where they can (see the module's docstring)."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, option_rows=None, **kwargs):
+        plan = step_plan(self)
+        if plan is not None and plan.takes(input_ids, attention_mask, inputs_embeds, cache, option_rows, kwargs):
+            return plan.step(self, input_ids, position_ids, cache, option_rows)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                               option_rows=option_rows, **kwargs)
+
+
+class NativeGPT2Model(GPT2Model):
+    """GPT2Model whose decoding steps run through our C kernels where they can (see the module's docstring)."""
+
+    def forward(self, input_ids=None, cache=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, use_cache=None, option_rows=None, **kwargs):
+        plan = step_plan(self)
+        if token_type_ids is None and plan is not None and plan.takes(input_ids, attention_mask, inputs_embeds, cache,
+                                                                      option_rows, kwargs):
+            return plan.step(self, input_ids, position_ids, cache, option_rows)
+        return super().forward(input_ids=input_ids, cache=cache, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               use_cache=use_cache, option_rows=option_rows, **kwargs)
+
+
+SWAPS = {LlamaModel: NativeLlamaModel, GPT2Model: NativeGPT2Model}
+
+
+def install(model):
+    """Give `model`'s LlamaModel or GPT2Model our decoding step and its StepPlan; how many were given it.
+
+    Only the class changes. The plan is made here, for the model as it is now (its format
+    final), and made again for a copy handed to another engine.
+    """
+    found = [module for module in model.modules() if type(module) in SWAPS or type(module) in PLANS]
+    for module in found:
+        module.__class__ = SWAPS.get(type(module), type(module))
+        module._step_plan = PLANS[type(module)].of(module) if native.library() is not None else None
+    return len(found)
+
+
+def step_plan(model):
+    """The StepPlan `install` made for `model`, or None (no plan: its layers are not what the C code computes)."""
+    return model.__dict__.get("_step_plan")
+
+
+class StepPlan:
+    """What the C step needs of a model: its shape and, at every step, the addresses of its weights and caches."""
+
+    FUNCTION = None  # the C function's name
+    OUTPUT = BaseModelOutputWithPast  # what the model's own forward returns
+
+    def __init__(self, model, layers, shape, epsilon, scale):
+        """`shape`: hidden, heads, key heads, head size and MLP width, as the C code reads them."""
+        self.layers, self.shape = layers, shape
+        self.hidden, self.heads, self.kv_heads, self.head_dim, _ = shape
+        self.epsilon, self.scale = epsilon, scale
+        # past this, the products take the dense copies (lowbit.VNNI_ROWS): transformers' way is the faster then
+        self.most_rows = min(p.small_batch_rows for layer in layers for p in self.projections(layer))
+        self.steps = 0  # steps taken so far (tests and benchmarks read it)
+
+    @staticmethod
+    def projections(layer):
+        """A layer's products, in the order the C code's table has them."""
+        raise NotImplementedError
+
+    def takes(self, input_ids, attention_mask, inputs_embeds, cache, option_rows, extra):
+        """Whether this forward pass is a decoding step the C code takes."""
+        asked = {name for name, value in extra.items() if value is not None and value is not False}
+        if option_rows is None or not option_rows.rows_are_queries or asked - {"return_dict"}:
+            return False  # anything more asked of the pass (hidden states, attentions, cross-attention): transformers'
+        if input_ids is None or inputs_embeds is not None or attention_mask is not None or cache is None:
+            return False
+        if input_ids.dim() != 2 or input_ids.shape[1] != 1 or not 0 < input_ids.shape[0] <= self.most_rows:
+            return False
+        return all(isinstance(layer, kvcache.GrowingLayer) and layer.is_initialized
+                   and layer.keys.dtype == torch.bfloat16 and layer.keys.device.type == "cpu"
+                   for layer in cache.layers)
+
+    def step(self, model, input_ids, position_ids, cache, option_rows):
+        """The forward pass of a decoding step: every row's last hidden state; its keys and values go into `cache`."""
+        rows = input_ids.shape[0]
+        if position_ids is None:
+            position_ids = torch.full((rows, 1), cache.get_seq_length(), dtype=torch.long)
+        hidden, extra = self.embed(model, input_ids, position_ids)
+        requests, queries, columns = option_rows.visible.shape
+        shape_of_step = hidden.new_empty((requests, self.kv_heads, queries, self.head_dim))
+        table, buffers = self._table(cache, shape_of_step, columns)
+        slots = option_rows.slots.reshape(-1) if option_rows.slots is not None else torch.arange(requests * queries)
+        slot_of_row = option_rows.slot_of_row if option_rows.slot_of_row is not None else torch.arange(rows)
+        shape = torch.tensor([*self.shape, rows, requests, queries, columns - queries, len(self.layers)])
+        arguments = [hidden, shape, table, *extra, slots, slot_of_row, option_rows.visible.contiguous()]
+        status = getattr(native.library(), self.FUNCTION)(*[tensor.data_ptr() for tensor in arguments], self.epsilon,
+                                                          self.scale, torch.get_num_threads())
+        if status:
+            raise MemoryError("the C decoding step could not allocate its working memory")
+        for layer, (keys, values) in zip(cache.layers, buffers):
+            layer.use_buffers(keys, values, columns)
+        option_rows.calls += 1  # the options attended through their rows
+        self.steps += 1
+        return self.OUTPUT(last_hidden_state=self.final_norm(model)(hidden.reshape(rows, 1, self.hidden)), cache=cache)
+
+    def _table(self, cache, shape_of_step, columns):
+        """The int64 table of every layer's addresses (weights, and buffers with room for the step) and the buffers."""
+        fields, buffers = [], []
+        for layer, held in zip(self.layers, cache.layers):
+            (keys, values), length = held.room_for(shape_of_step, shape_of_step)
+            if length + shape_of_step.shape[2] != columns:
+                raise ValueError(f"the step's mask covers {columns} columns, the cache {length} + the step's")
+            buffers.append((keys, values))
+            fields += [_address(norm) for norm in self.norms(layer)]
+            for projection in self.projections(layer):
+                fields += [projection.packed.data_ptr(), projection.scales.data_ptr(), projection.zeros.data_ptr(),
+                           _address(projection.bias)]
+            for states in (keys, values):
+                fields += [states.data_ptr(), *states.stride()[:3]]
+        return torch.tensor(fields, dtype=torch.int64), buffers
+
+
+class LlamaPlan(StepPlan):
+    """Llama's layers: RMSNorm, q, k and v with rotary embedding, o; RMSNorm, silu(gate) × up, down."""
+
+    FUNCTION = "tabwrite_llama_step"
+
+    @classmethod
+    def of(cls, model):
+        """A plan for a LlamaModel, or None where the C step would compute something else."""
+        config, layers = model.config, list(model.layers)
+        dim = layers[0].self_attn.head_dim if layers else 0
+        shaped = (len(layers) == config.num_hidden_layers > 0 and _fits(dim, config.hidden_size)
+                  and config.intermediate_size % 32 == 0
+                  and config.num_attention_heads % config.num_key_value_heads == 0)
+        if not shaped or model.embed_tokens.weight.dtype != torch.bfloat16:
+            return None
+        if not all(cls._computes_what_we_do(layer, config) for layer in layers):
+            return None
+        shape = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, dim,
+                 config.intermediate_size)
+        return cls(model, layers, shape, config.rms_norm_eps, layers[0].self_attn.scaling)
+
+    @staticmethod
+    def projections(layer):
+        attention, mlp = layer.self_attn, layer.mlp
+        return [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
+    @staticmethod
+    def norms(layer):
+        return [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+
+    def embed(self, model, input_ids, position_ids):
+        """The rows' embeddings, and the rotary embedding's (cos, sin) at their positions, [rows, width] each."""
+        rows = input_ids.shape[0]
+        hidden = model.embed_tokens(input_ids).reshape(rows, self.hidden).contiguous()
+        rotation = model.rotary_emb(hidden, position_ids)  # it computes any RoPE variant; the C code applies it
+        return hidden, [part.reshape(rows, self.head_dim).contiguous() for part in rotation]
+
+    @staticmethod
+    def final_norm(model):
+        return model.norm
+
+    @classmethod
+    def _computes_what_we_do(cls, layer, config):
+        """Whether a layer is transformers' Llama layer with 4-bit products on our kernel and bfloat16 norms."""
+        if type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention:
+            return False
+        if type(layer.mlp) not in (LlamaMLP, NativeLlamaMLP) or type(layer.mlp.act_fn) is not SiLUActivation:
+            return False
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        if any(type(norm) not in (LlamaRMSNorm, NativeRMSNorm) or norm.weight.dtype != torch.bfloat16
+               or norm.variance_epsilon != config.rms_norm_eps for norm in norms):
+            return False
+        return _packed_for_us(cls.projections(layer))
+
+
+class GPT2Plan(StepPlan):
+    """GPT-2's blocks: LayerNorm, the joint q, k and v product, its projection; LayerNorm, fc, GELU (tanh), proj."""
+
+    FUNCTION = "tabwrite_gpt2_step"
+    OUTPUT = BaseModelOutputWithPastAndCrossAttentions
+
+    @classmethod
+    def of(cls, model):
+        """A plan for a GPT2Model, or None where the C step would compute something else."""
+        config, blocks = model.config, list(model.h)
+        dim = config.hidden_size // config.num_attention_heads
+        shaped = (len(blocks) == config.num_hidden_layers > 0 and _fits(dim, config.hidden_size)
+                  and not config.scale_attn_by_inverse_layer_idx and not config.add_cross_attention)
+        if not shaped or model.wte.weight.dtype != torch.bfloat16 or model.wpe.weight.dtype != torch.bfloat16:
+            return None
+        if not all(cls._computes_what_we_do(block, config) for block in blocks):
+            return None
+        wide = blocks[0].mlp.c_fc.out_features
+        if wide % 32:
+            return None
+        shape = (config.hidden_size, config.num_attention_heads, config.num_attention_heads, dim, wide)
+        return cls(model, blocks, shape, config.layer_norm_epsilon, blocks[0].attn.scaling)
+
+    @staticmethod
+    def projections(block):
+        return [block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj]
+
+    @staticmethod
+    def norms(block):
+        return [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
+
+    def embed(self, model, input_ids, position_ids):
+        """The rows' token and position embeddings, added (in bfloat16, as transformers adds them)."""
+        hidden = model.wte(input_ids) + model.wpe(position_ids)
+        return hidden.reshape(input_ids.shape[0], self.hidden).contiguous(), []
+
+    @staticmethod
+    def final_norm(model):
+        return model.ln_f
+
+    @classmethod
+    def _computes_what_we_do(cls, block, config):
+        """Whether a block is transformers' GPT-2 block with 4-bit products on our kernel and bfloat16 norms."""
+        if type(block) is not GPT2Block or type(block.attn) is not GPT2Attention or type(block.mlp) is not GPT2MLP:
+            return False
+        if type(block.mlp.act) not in (GELUTanh, NewGELUActivation):
+            return False
+        norms = (block.ln_1, block.ln_2)
+        if any(type(norm) is not nn.LayerNorm or norm.bias is None or norm.weight.dtype != torch.bfloat16
+               or norm.bias.dtype != torch.bfloat16 or norm.eps != config.layer_norm_epsilon for norm in norms):
+            return False
+        return _packed_for_us(cls.projections(block))
+
+
+PLANS = {NativeLlamaModel: LlamaPlan, NativeGPT2Model: GPT2Plan}
+
+
+def _fits(head_dim, hidden):
+    """Whether the C code takes these sizes: heads of 32 to 128 values in 32s, a width in whole groups of 32."""
+    return head_dim % 32 == 0 and 0 < head_dim <= 128 and hidden % 32 == 0
+
+
+def _packed_for_us(projections):
+    return all(isinstance(p, PackedLinear) and p.bits == 4 and p.kernel == "vnni"
+               and (p.bias is None or p.bias.dtype == torch.bfloat16) for p in projections)
+
+
+def _address(tensor):
+    return 0 if tensor is None else tensor.data_ptr()
