@@ -202,6 +202,12 @@ def test_a_packed_copy_of_a_served_model_gets_a_plan_of_its_own(embedded):
     pack_model(model)
     plan = decoder_step.step_plan(Engine(wrap_model(model, embedded.tokenizer, "embedded-int4")).model.base_model)
     assert isinstance(plan, decoder_step.LlamaPlan) and plan.layers[0] is model.model.layers[0]
+    assert copy.deepcopy(plan) is None  # a copy of the model holds no addresses of this one's weights
+    # `.to()` and the like may give the weights new memory: the plan is made again
+    model.to(torch.bfloat16)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert decoder_step.step_plan(model.model) is not plan
+    assert q_proj.packed.data_ptr() in decoder_step.step_plan(model.model).weights[0].tolist()
 
 
 def test_without_our_kernels_no_model_gets_the_c_step(monkeypatch, embedded):

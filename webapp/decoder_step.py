@@ -41,6 +41,10 @@ class NativeLlamaModel(LlamaModel):
                                option_rows=option_rows, **kwargs)
 
 
+    def _apply(self, fn, recurse=True):
+        return _with_a_new_plan(super()._apply(fn, recurse))
+
+
 class NativeGPT2Model(GPT2Model):
     """GPT2Model whose decoding steps run through our C kernels where they can (see the module's docstring)."""
 
@@ -55,6 +59,10 @@ class NativeGPT2Model(GPT2Model):
                                use_cache=use_cache, option_rows=option_rows, **kwargs)
 
 
+    def _apply(self, fn, recurse=True):
+        return _with_a_new_plan(super()._apply(fn, recurse))
+
+
 SWAPS = {LlamaModel: NativeLlamaModel, GPT2Model: NativeGPT2Model}
 
 
@@ -67,8 +75,14 @@ def install(model):
     found = [module for module in model.modules() if type(module) in SWAPS or type(module) in PLANS]
     for module in found:
         module.__class__ = SWAPS.get(type(module), type(module))
-        module._step_plan = PLANS[type(module)].of(module) if native.library() is not None else None
+        _with_a_new_plan(module)
     return len(found)
+
+
+def _with_a_new_plan(module):
+    """`module` (one of ours) with a StepPlan made for its layers and weights as they are now."""
+    module._step_plan = PLANS[type(module)].of(module) if native.library() is not None else None
+    return module
 
 
 def step_plan(model):
@@ -90,6 +104,11 @@ class StepPlan:
         # past this, the products take the dense copies (lowbit.VNNI_ROWS): transformers' way is the faster then
         self.most_rows = min(p.small_batch_rows for layer in layers for p in self.projections(layer))
         self.steps = 0  # steps taken so far (tests and benchmarks read it)
+        # the weights' addresses, read once: the model's _apply (`.to()` and the like) makes a new plan
+        self.weights = self._weight_table()
+
+    def __deepcopy__(self, memo):
+        return None  # it holds the original's addresses: a copy of the model gets a plan of its own from install
 
     @staticmethod
     def projections(layer):
@@ -132,21 +151,27 @@ class StepPlan:
         self.steps += 1
         return self.OUTPUT(last_hidden_state=self.final_norm(model)(hidden.reshape(rows, 1, self.hidden)), cache=cache)
 
+    def _weight_table(self):
+        """[layers, fields] int64: each layer's norms', then its products' addresses (levels, scales, zeros, bias)."""
+        rows = []
+        for layer in self.layers:
+            fields = [_address(norm) for norm in self.norms(layer)]
+            for projection in self.projections(layer):
+                fields += [projection.packed.data_ptr(), projection.scales.data_ptr(), projection.zeros.data_ptr(),
+                           _address(projection.bias)]
+            rows.append(fields)
+        return torch.tensor(rows, dtype=torch.int64)
+
     def _table(self, cache, shape_of_step, columns):
         """The int64 table of every layer's addresses (weights, and buffers with room for the step) and the buffers."""
         fields, buffers = [], []
-        for layer, held in zip(self.layers, cache.layers):
+        for held in cache.layers:
             (keys, values), length = held.room_for(shape_of_step, shape_of_step)
             if length + shape_of_step.shape[2] != columns:
                 raise ValueError(f"the step's mask covers {columns} columns, the cache {length} + the step's")
             buffers.append((keys, values))
-            fields += [_address(norm) for norm in self.norms(layer)]
-            for projection in self.projections(layer):
-                fields += [projection.packed.data_ptr(), projection.scales.data_ptr(), projection.zeros.data_ptr(),
-                           _address(projection.bias)]
-            for states in (keys, values):
-                fields += [states.data_ptr(), *states.stride()[:3]]
-        return torch.tensor(fields, dtype=torch.int64), buffers
+            fields.append([keys.data_ptr(), *keys.stride()[:3], values.data_ptr(), *values.stride()[:3]])
+        return torch.cat([self.weights, torch.tensor(fields, dtype=torch.int64)], dim=1), buffers
 
 
 class LlamaPlan(StepPlan):
