@@ -149,60 +149,106 @@ static void write_columns(const step *s, const int64_t *cache, const uint16_t *k
     }
 }
 
-static float dot_bf16(const uint16_t *a, const uint16_t *b, int dim) {
-    __m512 dot = _mm512_setzero_ps();
-    for (int d = 0; d < dim; d += 32)
-        dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_loadu_si512((const void *)(a + d)),
-                               (__m512bh)_mm512_loadu_si512((const void *)(b + d)));
-    return _mm512_reduce_add_ps(dot);
+/* The 16 sums of 16 vectors' lanes, in order: a transposing tree of adds, 45 instructions where 16 horizontal
+   sums would take about 130. */
+static inline __m512 sums_of(__m512 *v) {
+    __m512 pairs[8], quads[4], halves[2];
+    for (int i = 0; i < 8; i++)  /* per 128-bit lane: v[2i] and v[2i+1] interleaved, half their sums */
+        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)  /* per 128-bit lane: the lane's sums of v[4i] .. v[4i+3] */
+        quads[i] = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(pairs[2 * i]), _mm512_castps_pd(pairs[2 * i + 1]))),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(pairs[2 * i]), _mm512_castps_pd(pairs[2 * i + 1]))));
+    for (int i = 0; i < 2; i++)  /* lanes 0 and 1 added, 2 and 3 added, of two quads */
+        halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                                  _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
+                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
+}
+
+/* scale x q.k for keys j0 .. j0 + count - 1 (count <= 16), -inf where `seen` hides a key or past count. */
+static inline __m512 scores_of(const uint16_t *query, const uint16_t *keys, long key_stride, int j0, int count,
+                               int dim, const uint8_t *seen, float scale) {
+    __m512 partial[16];
+    for (int k = 0; k < 16; k++) {
+        partial[k] = _mm512_setzero_ps();
+        if (k >= count) continue;
+        const uint16_t *key = keys + (j0 + k) * key_stride;
+        for (int d = 0; d < dim; d += 32)
+            partial[k] = _mm512_dpbf16_ps(partial[k], (__m512bh)_mm512_loadu_si512((const void *)(query + d)),
+                                          (__m512bh)_mm512_loadu_si512((const void *)(key + d)));
+    }
+    __mmask16 within = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
+    __mmask16 shown = _mm_mask_cmpneq_epi8_mask(within, _mm_maskz_loadu_epi8(within, seen + j0), _mm_setzero_si128());
+    return _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), shown, sums_of(partial), _mm512_set1_ps(scale));
 }
 
 /* Attention of request r's queries on key head h over its cache row: softmax(scale q k^T) v in float32, keys
    hidden where a query's visible row says so; batch row b's heads are at q + b x stride, its output at
-   out [rows, heads x dim]. `scores` has room for the row's columns. */
+   out [rows, heads x dim]. `scores` has room for queries x repeats rows of the cache row's columns + 16.
+   A query that sees nothing gets zeros. */
 static void attend(const step *s, int r, int h, const int64_t *cache, const uint16_t *q, long stride, float *scores,
                    uint16_t *out) {
     int heads = s->shape[HEADS], repeats = heads / s->shape[KV_HEADS], dim = s->shape[HEAD_DIM];
-    int queries = s->shape[QUERIES], columns = s->shape[LENGTH] + queries;
+    int queries = s->shape[QUERIES], columns = s->shape[LENGTH] + queries, width = columns + 16;
     const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
     const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
+    /* this request's query heads reading key head h (grouped-query attention: `repeats` a row) */
+    int count = 0;
+    const uint16_t *query[queries * repeats];
+    uint16_t *result[queries * repeats];
     for (int b = 0; b < s->shape[ROWS]; b++) {
         if (s->slot_of_row[b] / queries != r) continue;  /* another request's query */
         const uint8_t *seen = s->visible + s->slot_of_row[b] * columns;
-        for (int head = h * repeats; head < (h + 1) * repeats; head++) {  /* grouped-query: these read key head h */
-            const uint16_t *query = q + b * stride + head * dim;
-            float largest = -INFINITY, total = 0.f;
-            for (int j = 0; j < columns; j++) {
-                scores[j] = seen[j] ? dot_bf16(query, keys + j * cache[3], dim) * s->scale : -INFINITY;
-                largest = scores[j] > largest ? scores[j] : largest;
+        for (int head = h * repeats; head < (h + 1) * repeats; head++, count++) {
+            query[count] = q + b * stride + head * dim;
+            result[count] = out + ((size_t)b * heads + head) * dim;
+            float *row = scores + (size_t)count * width;
+            __m512 top = _mm512_set1_ps(-INFINITY);
+            for (int j = 0; j < columns; j += 16) {
+                __m512 chunk = scores_of(query[count], keys, cache[3], j, columns - j < 16 ? columns - j : 16, dim,
+                                         seen, s->scale);
+                _mm512_storeu_ps(row + j, chunk);
+                top = _mm512_max_ps(top, chunk);
             }
-            __m512 sums[8];  /* dim <= 128 */
-            for (int d = 0; d < dim / 16; d++) sums[d] = _mm512_setzero_ps();
+            /* e^(score - largest), 0 where hidden; the row's sum kept after its columns */
+            float largest = _mm512_reduce_max_ps(top), total = 0.f;
             if (largest > -INFINITY) {
-                int j = 0;
-                for (; j + 16 <= columns; j += 16) {
-                    __m512 x = _mm512_loadu_ps(scores + j);
-                    __mmask16 shown = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                for (int j = 0; j < columns; j += 16) {
+                    __mmask16 within = columns - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (columns - j)) - 1);
+                    __m512 x = _mm512_loadu_ps(row + j);
+                    __mmask16 shown = _mm512_mask_cmp_ps_mask(within, x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
                     __m512 e = _mm512_maskz_mov_ps(shown, exp_ps(_mm512_sub_ps(x, _mm512_set1_ps(largest))));
-                    _mm512_storeu_ps(scores + j, e);
+                    _mm512_storeu_ps(row + j, e);
                     total += _mm512_reduce_add_ps(e);
                 }
-                for (; j < columns; j++) {
-                    scores[j] = scores[j] == -INFINITY ? 0.f : expf(scores[j] - largest);
-                    total += scores[j];
-                }
-                for (j = 0; j < columns; j++) {
-                    if (scores[j] == 0.f) continue;
-                    __m512 p = _mm512_set1_ps(scores[j]);
-                    const uint16_t *value = values + j * cache[7];
-                    for (int d = 0; d < dim / 16; d++) sums[d] = _mm512_fmadd_ps(p, load_bf16(value + 16 * d), sums[d]);
-                }
             }
-            __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);  /* a query that sees nothing: zeros */
-            uint16_t *result = out + ((size_t)b * heads + head) * dim;
-            for (int d = 0; d < dim / 16; d++)
-                _mm256_storeu_si256((__m256i *)(result + 16 * d),
-                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sums[d], inverse)));
+            row[columns] = total;
+        }
+    }
+    /* the weighted sums of the values, each value read once for a few queries at a time */
+    enum { AT_ONCE = 4, MOST_VECTORS = 8 };  /* dim <= 128 */
+    int vectors = dim / 16;
+    for (int first = 0; first < count; first += AT_ONCE) {
+        int group = count - first < AT_ONCE ? count - first : AT_ONCE;
+        __m512 sums[AT_ONCE][MOST_VECTORS];
+        for (int i = 0; i < AT_ONCE; i++)
+            for (int d = 0; d < MOST_VECTORS; d++) sums[i][d] = _mm512_setzero_ps();
+        for (int j = 0; j < columns; j++) {
+            const uint16_t *value = values + j * cache[7];
+            __m512 v[MOST_VECTORS];
+            for (int d = 0; d < vectors; d++) v[d] = load_bf16(value + 16 * d);
+            for (int i = 0; i < group; i++) {
+                __m512 p = _mm512_set1_ps(scores[(size_t)(first + i) * width + j]);
+                for (int d = 0; d < vectors; d++) sums[i][d] = _mm512_fmadd_ps(p, v[d], sums[i][d]);
+            }
+        }
+        for (int i = 0; i < group; i++) {
+            float total = scores[(size_t)(first + i) * width + columns];
+            __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);
+            for (int d = 0; d < vectors; d++)
+                _mm256_storeu_si256((__m256i *)(result[first + i] + 16 * d),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sums[i][d], inverse)));
         }
     }
 }
@@ -232,9 +278,10 @@ static void free_scratch(scratch *m) {
     free(m->x.levels), free(m->x.scales), free(m->x.sums);
 }
 
-/* Per-thread room for one query's scores over the cache row, or NULL (then the step is failed). */
+/* Per-thread room for a request's query heads' scores over its cache row, or NULL (then the step is failed). */
 static float *scores_for(const int64_t *shape, int *failed) {
-    float *scores = malloc(sizeof(float) * (shape[LENGTH] + shape[QUERIES] + 16));
+    size_t heads = shape[QUERIES] * (shape[HEADS] / shape[KV_HEADS]);
+    float *scores = malloc(sizeof(float) * heads * (shape[LENGTH] + shape[QUERIES] + 16));
 #pragma omp atomic update
     *failed |= !scores;
 #pragma omp barrier
