@@ -167,89 +167,120 @@ static inline __m512 sums_of(__m512 *v) {
 }
 
 /* scale x q.k for keys j0 .. j0 + count - 1 (count <= 16), -inf where `seen` hides a key or past count. */
-static inline __m512 scores_of(const uint16_t *query, const uint16_t *keys, long key_stride, int j0, int count,
-                               int dim, const uint8_t *seen, float scale) {
+static inline __attribute__((always_inline)) __m512 scores_of(const uint16_t *query, const uint16_t *keys,
+                                                              long key_stride, int j0, int count, int dim,
+                                                              const uint8_t *seen, float scale) {
     __m512 partial[16];
     for (int k = 0; k < 16; k++) {
-        partial[k] = _mm512_setzero_ps();
-        if (k >= count) continue;
-        const uint16_t *key = keys + (j0 + k) * key_stride;
-        for (int d = 0; d < dim; d += 32)
-            partial[k] = _mm512_dpbf16_ps(partial[k], (__m512bh)_mm512_loadu_si512((const void *)(query + d)),
-                                          (__m512bh)_mm512_loadu_si512((const void *)(key + d)));
+        __m512 dot = _mm512_setzero_ps();
+        if (k < count) {
+            const uint16_t *key = keys + (j0 + k) * key_stride;
+            for (int d = 0; d < dim; d += 32)
+                dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_loadu_si512((const void *)(query + d)),
+                                       (__m512bh)_mm512_loadu_si512((const void *)(key + d)));
+        }
+        partial[k] = dot;
     }
     __mmask16 within = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
     __mmask16 shown = _mm_mask_cmpneq_epi8_mask(within, _mm_maskz_loadu_epi8(within, seen + j0), _mm_setzero_si128());
     return _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), shown, sums_of(partial), _mm512_set1_ps(scale));
 }
 
+enum { KEYS_AT_ONCE = 16, MOST_DIM = 128 };
+
 /* Attention of request r's queries on key head h over its cache row: softmax(scale q k^T) v in float32, keys
    hidden where a query's visible row says so; batch row b's heads are at q + b x stride, its output at
    out [rows, heads x dim]. `scores` has room for queries x repeats rows of the cache row's columns + 16.
-   A query that sees nothing gets zeros. */
-static void attend(const step *s, int r, int h, const int64_t *cache, const uint16_t *q, long stride, float *scores,
-                   uint16_t *out) {
-    int heads = s->shape[HEADS], repeats = heads / s->shape[KV_HEADS], dim = s->shape[HEAD_DIM];
-    int queries = s->shape[QUERIES], columns = s->shape[LENGTH] + queries, width = columns + 16;
+   A query that sees nothing gets zeros. The keys and values are read from memory once, 16 at a time, for all the query heads at work (grouped-query
+   attention: `repeats` a row); `dim` is a constant where it is inlined, so that its loops unroll. */
+static inline __attribute__((always_inline)) void attend_with(const step *s, int r, int h, const int64_t *cache,
+                                                              const uint16_t *q, long stride, float *scores,
+                                                              uint16_t *out, int dim) {
+    int heads = s->shape[HEADS], repeats = heads / s->shape[KV_HEADS], queries = s->shape[QUERIES];
+    int columns = s->shape[LENGTH] + queries, width = columns + 16, count = 0;
     const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
     const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
-    /* this request's query heads reading key head h (grouped-query attention: `repeats` a row) */
-    int count = 0;
     const uint16_t *query[queries * repeats];
+    const uint8_t *seen[queries * repeats];
     uint16_t *result[queries * repeats];
     for (int b = 0; b < s->shape[ROWS]; b++) {
         if (s->slot_of_row[b] / queries != r) continue;  /* another request's query */
-        const uint8_t *seen = s->visible + s->slot_of_row[b] * columns;
         for (int head = h * repeats; head < (h + 1) * repeats; head++, count++) {
             query[count] = q + b * stride + head * dim;
+            seen[count] = s->visible + s->slot_of_row[b] * columns;
             result[count] = out + ((size_t)b * heads + head) * dim;
-            float *row = scores + (size_t)count * width;
-            __m512 top = _mm512_set1_ps(-INFINITY);
-            for (int j = 0; j < columns; j += 16) {
-                __m512 chunk = scores_of(query[count], keys, cache[3], j, columns - j < 16 ? columns - j : 16, dim,
-                                         seen, s->scale);
-                _mm512_storeu_ps(row + j, chunk);
-                top = _mm512_max_ps(top, chunk);
-            }
-            /* e^(score - largest), 0 where hidden; the row's sum kept after its columns */
-            float largest = _mm512_reduce_max_ps(top), total = 0.f;
-            if (largest > -INFINITY) {
-                for (int j = 0; j < columns; j += 16) {
-                    __mmask16 within = columns - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (columns - j)) - 1);
-                    __m512 x = _mm512_loadu_ps(row + j);
-                    __mmask16 shown = _mm512_mask_cmp_ps_mask(within, x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-                    __m512 e = _mm512_maskz_mov_ps(shown, exp_ps(_mm512_sub_ps(x, _mm512_set1_ps(largest))));
-                    _mm512_storeu_ps(row + j, e);
-                    total += _mm512_reduce_add_ps(e);
-                }
-            }
-            row[columns] = total;
         }
     }
-    /* the weighted sums of the values, each value read once for a few queries at a time */
-    enum { AT_ONCE = 4, MOST_VECTORS = 8 };  /* dim <= 128 */
-    int vectors = dim / 16;
-    for (int first = 0; first < count; first += AT_ONCE) {
-        int group = count - first < AT_ONCE ? count - first : AT_ONCE;
-        __m512 sums[AT_ONCE][MOST_VECTORS];
-        for (int i = 0; i < AT_ONCE; i++)
-            for (int d = 0; d < MOST_VECTORS; d++) sums[i][d] = _mm512_setzero_ps();
-        for (int j = 0; j < columns; j++) {
-            const uint16_t *value = values + j * cache[7];
-            __m512 v[MOST_VECTORS];
-            for (int d = 0; d < vectors; d++) v[d] = load_bf16(value + 16 * d);
-            for (int i = 0; i < group; i++) {
-                __m512 p = _mm512_set1_ps(scores[(size_t)(first + i) * width + j]);
-                for (int d = 0; d < vectors; d++) sums[i][d] = _mm512_fmadd_ps(p, v[d], sums[i][d]);
+    if (!count) return;
+    /* scores, 16 keys at a time for every query head */
+    __m512 top[queries * repeats];
+    for (int i = 0; i < count; i++) top[i] = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < columns; j += KEYS_AT_ONCE) {
+        int chunk = columns - j < KEYS_AT_ONCE ? columns - j : KEYS_AT_ONCE;
+        for (int k = 0; k < chunk; k += 4)  /* the next chunk's keys, while these are at work */
+            _mm_prefetch((const char *)(keys + (j + KEYS_AT_ONCE + k) * cache[3]), _MM_HINT_T0);
+        for (int i = 0; i < count; i++) {
+            __m512 x = scores_of(query[i], keys, cache[3], j, chunk, dim, seen[i], s->scale);
+            _mm512_storeu_ps(scores + (size_t)i * width + j, x);
+            top[i] = _mm512_max_ps(top[i], x);
+        }
+    }
+    /* e^(score - largest), 0 where hidden; each row's sum kept after its columns */
+    for (int i = 0; i < count; i++) {
+        float *row = scores + (size_t)i * width, largest = _mm512_reduce_max_ps(top[i]), total = 0.f;
+        if (largest > -INFINITY) {
+            for (int j = 0; j < columns; j += 16) {
+                __mmask16 within = columns - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (columns - j)) - 1);
+                __m512 x = _mm512_loadu_ps(row + j);
+                __mmask16 shown = _mm512_mask_cmp_ps_mask(within, x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                __m512 e = _mm512_maskz_mov_ps(shown, exp_ps(_mm512_sub_ps(x, _mm512_set1_ps(largest))));
+                _mm512_storeu_ps(row + j, e);
+                total += _mm512_reduce_add_ps(e);
             }
         }
-        for (int i = 0; i < group; i++) {
-            float total = scores[(size_t)(first + i) * width + columns];
-            __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);
-            for (int d = 0; d < vectors; d++)
-                _mm256_storeu_si256((__m256i *)(result[first + i] + 16 * d),
-                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sums[i][d], inverse)));
+        row[columns] = total;
+    }
+    /* the weighted sums of the values: 16 values at a time turned to float32 once, for every query head */
+    int vectors = dim / 16;
+    float sums[queries * repeats][MOST_DIM] __attribute__((aligned(64)));
+    float chunk_values[KEYS_AT_ONCE][MOST_DIM] __attribute__((aligned(64)));
+    for (int i = 0; i < count; i++)
+        for (int d = 0; d < vectors; d++) _mm512_store_ps(sums[i] + 16 * d, _mm512_setzero_ps());
+    for (int j = 0; j < columns; j += KEYS_AT_ONCE) {
+        int chunk = columns - j < KEYS_AT_ONCE ? columns - j : KEYS_AT_ONCE;
+        for (int k = 0; k < chunk; k++) {
+            const uint16_t *value = values + (j + k) * cache[7];
+            _mm_prefetch((const char *)(value + KEYS_AT_ONCE * cache[7]), _MM_HINT_T0);
+            for (int d = 0; d < vectors; d++) _mm512_store_ps(chunk_values[k] + 16 * d, load_bf16(value + 16 * d));
         }
+        for (int i = 0; i < count; i++) {
+            const float *p = scores + (size_t)i * width + j;
+            __m512 acc[MOST_DIM / 16];
+            for (int d = 0; d < vectors; d++) acc[d] = _mm512_load_ps(sums[i] + 16 * d);
+            for (int k = 0; k < chunk; k++) {
+                __m512 weight = _mm512_set1_ps(p[k]);
+                for (int d = 0; d < vectors; d++)
+                    acc[d] = _mm512_fmadd_ps(weight, _mm512_load_ps(chunk_values[k] + 16 * d), acc[d]);
+            }
+            for (int d = 0; d < vectors; d++) _mm512_store_ps(sums[i] + 16 * d, acc[d]);
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        float total = scores[(size_t)i * width + columns];
+        __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);  /* a query that sees nothing: zeros */
+        for (int d = 0; d < vectors; d++)
+            _mm256_storeu_si256((__m256i *)(result[i] + 16 * d),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(sums[i] + 16 * d), inverse)));
+    }
+}
+
+/* Attention for request r's key head h (see attend_with). */
+static void attend(const step *s, int r, int h, const int64_t *cache, const uint16_t *q, long stride, float *scores,
+                   uint16_t *out) {
+    switch (s->shape[HEAD_DIM]) {  /* the usual sizes with their loops unrolled */
+        case 64: attend_with(s, r, h, cache, q, stride, scores, out, 64); break;
+        case 128: attend_with(s, r, h, cache, q, stride, scores, out, 128); break;
+        default: attend_with(s, r, h, cache, q, stride, scores, out, s->shape[HEAD_DIM]);
     }
 }
 
