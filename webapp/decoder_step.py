@@ -33,13 +33,12 @@ class NativeLlamaModel(LlamaModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 use_cache=None, option_rows=None, **kwargs):
-        plan = step_plan(self)
-        if plan is not None and plan.takes(input_ids, attention_mask, inputs_embeds, cache, option_rows, kwargs):
-            return plan.step(self, input_ids, position_ids, cache, option_rows)
+        taken = _in_c(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, option_rows, kwargs)
+        if taken is not None:
+            return taken
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                                option_rows=option_rows, **kwargs)
-
 
     def _apply(self, fn, recurse=True):
         return _with_a_new_plan(super()._apply(fn, recurse))
@@ -50,20 +49,49 @@ class NativeGPT2Model(GPT2Model):
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, use_cache=None, option_rows=None, **kwargs):
-        plan = step_plan(self)
-        if token_type_ids is None and plan is not None and plan.takes(input_ids, attention_mask, inputs_embeds, cache,
-                                                                      option_rows, kwargs):
-            return plan.step(self, input_ids, position_ids, cache, option_rows)
+        taken = None if token_type_ids is not None else _in_c(self, input_ids, attention_mask, position_ids, cache,
+                                                              inputs_embeds, option_rows, kwargs)
+        if taken is not None:
+            return taken
         return super().forward(input_ids=input_ids, cache=cache, attention_mask=attention_mask,
                                token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
                                use_cache=use_cache, option_rows=option_rows, **kwargs)
-
 
     def _apply(self, fn, recurse=True):
         return _with_a_new_plan(super()._apply(fn, recurse))
 
 
 SWAPS = {LlamaModel: NativeLlamaModel, GPT2Model: NativeGPT2Model}
+
+
+def _in_c(model, input_ids, attention_mask, position_ids, cache, inputs_embeds, option_rows, extra):
+    """The model's output for this forward pass computed by our C step, or None where transformers' forward runs it.
+
+    Two kinds of pass: a decoding step (OptionRows: a token a row, each request's options
+    as query rows of its cache row), and a few more tokens of one text read on its cache
+    (a primed Tab's last two, the new words of a growing document), which are the same
+    computation with the tokens as the query rows, each seeing the cache and the new
+    tokens up to itself.
+    """
+    plan = step_plan(model)
+    if plan is None or not plan.takes(input_ids, attention_mask, inputs_embeds, cache, extra):
+        return None
+    if option_rows is not None:
+        if not option_rows.rows_are_queries or input_ids.shape[1] != 1:
+            return None
+        hidden = plan.step(model, input_ids, position_ids, cache, option_rows.visible, option_rows.slots,
+                           option_rows.slot_of_row)
+        option_rows.calls += 1  # the options attended through their rows
+        return plan.OUTPUT(last_hidden_state=hidden[:, None], cache=cache)
+    length, count = cache.get_seq_length(), input_ids.shape[1]
+    if input_ids.shape[0] != 1 or not length:
+        return None
+    visible = torch.ones((1, count, length + count), dtype=torch.bool)
+    visible[0, :, length:] = torch.ones((count, count), dtype=torch.bool).tril()  # the new tokens up to itself
+    if position_ids is None:
+        position_ids = torch.arange(length, length + count)
+    hidden = plan.step(model, input_ids.reshape(count, 1), position_ids.reshape(count, 1), cache, visible)
+    return plan.OUTPUT(last_hidden_state=hidden[None], cache=cache)
 
 
 def install(model):
@@ -115,41 +143,44 @@ class StepPlan:
         """A layer's products, in the order the C code's table has them."""
         raise NotImplementedError
 
-    def takes(self, input_ids, attention_mask, inputs_embeds, cache, option_rows, extra):
-        """Whether this forward pass is a decoding step the C code takes."""
+    def takes(self, input_ids, attention_mask, inputs_embeds, cache, extra):
+        """Whether the C code can take this forward pass (its kind is _in_c's to check)."""
         asked = {name for name, value in extra.items() if value is not None and value is not False}
-        if option_rows is None or not option_rows.rows_are_queries or asked - {"return_dict"}:
+        if asked - {"return_dict"}:
             return False  # anything more asked of the pass (hidden states, attentions, cross-attention): transformers'
         if input_ids is None or inputs_embeds is not None or attention_mask is not None or cache is None:
             return False
-        if input_ids.dim() != 2 or input_ids.shape[1] != 1 or not 0 < input_ids.shape[0] <= self.most_rows:
+        if input_ids.dim() != 2 or not 0 < input_ids.numel() <= self.most_rows:
             return False
         return all(isinstance(layer, kvcache.GrowingLayer) and layer.is_initialized
                    and layer.keys.dtype == torch.bfloat16 and layer.keys.device.type == "cpu"
                    for layer in cache.layers)
 
-    def step(self, model, input_ids, position_ids, cache, option_rows):
-        """The forward pass of a decoding step: every row's last hidden state; its keys and values go into `cache`."""
+    def step(self, model, input_ids, position_ids, cache, visible, slots=None, slot_of_row=None):
+        """The last hidden states [rows, width] for `input_ids` [rows, 1]; their keys and values go into `cache`.
+
+        `visible` [requests, queries, columns], `slots` and `slot_of_row` as in
+        shared_prompt.OptionRows (None: the batch rows are the requests' queries in order).
+        """
         rows = input_ids.shape[0]
         if position_ids is None:
             position_ids = torch.full((rows, 1), cache.get_seq_length(), dtype=torch.long)
         hidden, extra = self.embed(model, input_ids, position_ids)
-        requests, queries, columns = option_rows.visible.shape
+        requests, queries, columns = visible.shape
         shape_of_step = hidden.new_empty((requests, self.kv_heads, queries, self.head_dim))
         table, buffers = self._table(cache, shape_of_step, columns)
-        slots = option_rows.slots.reshape(-1) if option_rows.slots is not None else torch.arange(requests * queries)
-        slot_of_row = option_rows.slot_of_row if option_rows.slot_of_row is not None else torch.arange(rows)
+        slots = slots.reshape(-1) if slots is not None else torch.arange(requests * queries)
+        slot_of_row = slot_of_row if slot_of_row is not None else torch.arange(rows)
         shape = torch.tensor([*self.shape, rows, requests, queries, columns - queries, len(self.layers)])
-        arguments = [hidden, shape, table, *extra, slots, slot_of_row, option_rows.visible.contiguous()]
+        arguments = [hidden, shape, table, *extra, slots, slot_of_row, visible.contiguous()]
         status = getattr(native.library(), self.FUNCTION)(*[tensor.data_ptr() for tensor in arguments], self.epsilon,
                                                           self.scale, torch.get_num_threads())
         if status:
             raise MemoryError("the C decoding step could not allocate its working memory")
         for layer, (keys, values) in zip(cache.layers, buffers):
             layer.use_buffers(keys, values, columns)
-        option_rows.calls += 1  # the options attended through their rows
         self.steps += 1
-        return self.OUTPUT(last_hidden_state=self.final_norm(model)(hidden.reshape(rows, 1, self.hidden)), cache=cache)
+        return self.final_norm(model)(hidden)
 
     def _weight_table(self):
         """[layers, fields] int64: each layer's norms', then its products' addresses (levels, scales, zeros, bias)."""
