@@ -10,10 +10,11 @@ keys and values written straight into the cache's rows, and attention over them 
 the step's mask (shared_prompt.OptionRows), in float32. GPT-2's blocks (GPT-2 large's
 architecture) go the same way.
 
-It takes a step when the model is Llama's or GPT-2's, packed in 4 bits on our kernel (the
-int4 format where the CPU has AVX512-VNNI), and the pass is a decoding step with
-OptionRows of few enough rows for the packed path. Anything else (reading a prompt,
-other formats, a class's big batch, beam search) goes through transformers' forward.
+It takes a forward pass when the model is Llama's or GPT-2's, packed in 4 bits on our
+kernel (the int4 format where the CPU has AVX512-VNNI), and the pass is a decoding step
+with OptionRows, or a few more tokens of one text read on its cache, in few enough rows
+for the packed path. Anything else (reading a whole prompt, other formats, a class's big
+batch, beam search) goes through transformers' forward.
 """
 import torch
 from torch import nn

@@ -319,6 +319,38 @@ static float *scores_for(const int64_t *shape, int *failed) {
     return scores;
 }
 
+/* A layer's norm of one row: RMSNorm (bias unused) or LayerNorm. */
+typedef void (*row_norm)(const uint16_t *x, int width, const uint16_t *weight, const uint16_t *bias, float epsilon,
+                         uint16_t *y);
+
+static void rms_norm_row(const uint16_t *x, int width, const uint16_t *weight, const uint16_t *bias, float epsilon,
+                         uint16_t *y) {
+    (void)bias;
+    tabwrite_rms_norm_row(x, width, weight, epsilon, y);
+}
+
+/* In the parallel region: the rows of hidden, normed into m->normed and quantized for the next products. */
+static void norm_rows(row_norm norm, const uint16_t *hidden, const int64_t *shape, const int64_t *weight,
+                      const int64_t *bias, float epsilon, scratch *m) {
+    int rows = shape[ROWS], width = shape[HIDDEN];
+#pragma omp single
+    {
+        for (int r = 0; r < rows; r++)
+            norm(hidden + (size_t)r * width, width, (const uint16_t *)*weight, bias ? (const uint16_t *)*bias : NULL,
+                 epsilon, m->normed + (size_t)r * width);
+        tabwrite_quantize_rows(m->normed, rows, width, m->x.levels, m->x.scales, m->x.sums);
+    }
+}
+
+/* In the parallel region: hidden += x W^T, the residual of a layer's output product (x quantized by one thread). */
+static void add_product(uint16_t *hidden, const uint16_t *x, packed w, scratch *m, int rows) {
+#pragma omp single
+    tabwrite_quantize_rows(x, rows, w.in, m->x.levels, m->x.scales, m->x.sums);
+    products(&w, &m->added, 1, &m->x, rows);
+#pragma omp single
+    add_into(hidden, m->added, (long)rows * w.out);
+}
+
 /* hidden [rows, hidden] (bfloat16) through a Llama model's layers, in place; cos and sin [rows, head_dim] are the
    rotary embedding's. head_dim a multiple of 32 up to 128, widths multiples of 32. 0, or -1 when out of memory. */
 int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *table, const uint16_t *cos,
@@ -334,13 +366,7 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
         float *scores = scores_for(shape, &failed);
         for (int n = 0; n < shape[LAYERS] && !failed; n++) {
             const int64_t *layer = table + (size_t)n * LLAMA_FIELDS;
-#pragma omp single
-            {
-                for (int r = 0; r < rows; r++)
-                    tabwrite_rms_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[LLAMA_INPUT_NORM],
-                                          epsilon, m.normed + (size_t)r * width);
-                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
-            }
+            norm_rows(rms_norm_row, hidden, shape, layer + LLAMA_INPUT_NORM, NULL, epsilon, &m);
             packed qkv[3] = {packed_at(layer + LLAMA_Q, width, attention), packed_at(layer + LLAMA_K, width, kv),
                              packed_at(layer + LLAMA_V, width, kv)};
             uint16_t *qkv_out[3] = {m.q, m.k, m.v};
@@ -356,30 +382,14 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
 #pragma omp for schedule(dynamic)
             for (int task = 0; task < shape[REQUESTS] * kv_heads; task++)
                 attend(&s, task / kv_heads, task % kv_heads, layer + LLAMA_CACHE, m.q, attention, scores, m.mixed);
-#pragma omp single
-            tabwrite_quantize_rows(m.mixed, rows, attention, m.x.levels, m.x.scales, m.x.sums);
-            packed o = packed_at(layer + LLAMA_O, attention, width);
-            products(&o, &m.added, 1, &m.x, rows);
-#pragma omp single
-            {
-                add_into(hidden, m.added, (long)rows * width);
-                for (int r = 0; r < rows; r++)
-                    tabwrite_rms_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[LLAMA_POST_NORM],
-                                          epsilon, m.normed + (size_t)r * width);
-                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
-            }
+            add_product(hidden, m.mixed, packed_at(layer + LLAMA_O, attention, width), &m, rows);
+            norm_rows(rms_norm_row, hidden, shape, layer + LLAMA_POST_NORM, NULL, epsilon, &m);
             packed mlp[2] = {packed_at(layer + LLAMA_GATE, width, wide), packed_at(layer + LLAMA_UP, width, wide)};
             uint16_t *mlp_out[2] = {m.wide, m.up};
             products(mlp, mlp_out, 2, &m.x, rows);
 #pragma omp single
-            {
-                tabwrite_silu_mul_range(m.wide, m.up, (long)rows * wide, m.wide);
-                tabwrite_quantize_rows(m.wide, rows, wide, m.x.levels, m.x.scales, m.x.sums);
-            }
-            packed down = packed_at(layer + LLAMA_DOWN, wide, width);
-            products(&down, &m.added, 1, &m.x, rows);
-#pragma omp single
-            add_into(hidden, m.added, (long)rows * width);
+            tabwrite_silu_mul_range(m.wide, m.up, (long)rows * wide, m.wide);
+            add_product(hidden, m.wide, packed_at(layer + LLAMA_DOWN, wide, width), &m, rows);
         }
         free(scores);
     }
@@ -401,13 +411,7 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
         float *scores = scores_for(shape, &failed);
         for (int n = 0; n < shape[LAYERS] && !failed; n++) {
             const int64_t *layer = table + (size_t)n * GPT2_FIELDS;
-#pragma omp single
-            {
-                for (int r = 0; r < rows; r++)
-                    layer_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[GPT2_LN_1],
-                                   (const uint16_t *)layer[GPT2_LN_1_BIAS], epsilon, m.normed + (size_t)r * width);
-                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
-            }
+            norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_1, layer + GPT2_LN_1_BIAS, epsilon, &m);
             packed qkv = packed_at(layer + GPT2_QKV, width, 3 * attention);  /* q, k and v side by side in a row */
             products(&qkv, &m.q, 1, &m.x, rows);
 #pragma omp single
@@ -415,29 +419,13 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
 #pragma omp for schedule(dynamic)
             for (int task = 0; task < shape[REQUESTS] * heads; task++)
                 attend(&s, task / heads, task % heads, layer + GPT2_CACHE, m.q, 3 * attention, scores, m.mixed);
-#pragma omp single
-            tabwrite_quantize_rows(m.mixed, rows, attention, m.x.levels, m.x.scales, m.x.sums);
-            packed projection = packed_at(layer + GPT2_PROJECTION, attention, width);
-            products(&projection, &m.added, 1, &m.x, rows);
-#pragma omp single
-            {
-                add_into(hidden, m.added, (long)rows * width);
-                for (int r = 0; r < rows; r++)
-                    layer_norm_row(hidden + (size_t)r * width, width, (const uint16_t *)layer[GPT2_LN_2],
-                                   (const uint16_t *)layer[GPT2_LN_2_BIAS], epsilon, m.normed + (size_t)r * width);
-                tabwrite_quantize_rows(m.normed, rows, width, m.x.levels, m.x.scales, m.x.sums);
-            }
+            add_product(hidden, m.mixed, packed_at(layer + GPT2_PROJECTION, attention, width), &m, rows);
+            norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_2, layer + GPT2_LN_2_BIAS, epsilon, &m);
             packed fc = packed_at(layer + GPT2_FC, width, wide);
             products(&fc, &m.wide, 1, &m.x, rows);
 #pragma omp single
-            {
-                gelu_tanh(m.wide, (long)rows * wide);
-                tabwrite_quantize_rows(m.wide, rows, wide, m.x.levels, m.x.scales, m.x.sums);
-            }
-            packed down = packed_at(layer + GPT2_MLP_PROJECTION, wide, width);
-            products(&down, &m.added, 1, &m.x, rows);
-#pragma omp single
-            add_into(hidden, m.added, (long)rows * width);
+            gelu_tanh(m.wide, (long)rows * wide);
+            add_product(hidden, m.wide, packed_at(layer + GPT2_MLP_PROJECTION, wide, width), &m, rows);
         }
         free(scores);
     }
