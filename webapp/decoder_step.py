@@ -125,7 +125,7 @@ class StepPlan:
     FUNCTION = None  # the C function's name
     OUTPUT = BaseModelOutputWithPast  # what the model's own forward returns
 
-    def __init__(self, model, layers, shape, epsilon, scale):
+    def __init__(self, layers, shape, epsilon, scale):
         """`shape`: hidden, heads, key heads, head size and MLP width, as the C code reads them."""
         self.layers, self.shape = layers, shape
         self.hidden, self.heads, self.kv_heads, self.head_dim, _ = shape
@@ -225,7 +225,7 @@ class LlamaPlan(StepPlan):
             return None
         shape = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, dim,
                  config.intermediate_size)
-        return cls(model, layers, shape, config.rms_norm_eps, layers[0].self_attn.scaling)
+        return cls(layers, shape, config.rms_norm_eps, layers[0].self_attn.scaling)
 
     @staticmethod
     def projections(layer):
@@ -283,7 +283,7 @@ class GPT2Plan(StepPlan):
         if wide % 32:
             return None
         shape = (config.hidden_size, config.num_attention_heads, config.num_attention_heads, dim, wide)
-        return cls(model, blocks, shape, config.layer_norm_epsilon, blocks[0].attn.scaling)
+        return cls(blocks, shape, config.layer_norm_epsilon, blocks[0].attn.scaling)
 
     @staticmethod
     def projections(block):

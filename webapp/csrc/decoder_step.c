@@ -43,18 +43,11 @@ static packed packed_at(const int64_t *fields, int in, int out) {
     return layer;
 }
 
-/* A product's input rows in 8 bits (see vnni_linear.c). */
-typedef struct {
-    int8_t *levels;
-    float *scales;
-    int32_t *sums;
-} quantized;
-
 /* What every layer of a step shares. */
 typedef struct {
     const int64_t *shape, *slots, *slot_of_row;
     const uint8_t *visible;
-    float epsilon, scale;
+    float scale;
 } step;
 
 /* y_i = x W_i^T for up to three layers of the same input, their blocks of outputs shared by the team's threads. */
@@ -66,8 +59,8 @@ static void products(const packed *layers, uint16_t *const *outputs, int count, 
         int i = 0;
         while (t >= first[i + 1]) i++;
         const packed *w = layers + i;
-        tabwrite_int4_block(t - first[i], rows, w->in, w->out, x->levels, x->scales, x->sums, w->levels,
-                            w->scales, w->zeros, w->bias, outputs[i]);
+        tabwrite_int4_block(t - first[i], rows, w->in, w->out, x, w->levels, w->scales, w->zeros, w->bias,
+                            outputs[i]);
     }
 }
 
@@ -298,15 +291,13 @@ static int scratch_for(scratch *m, const int64_t *shape, int qkv_width) {
     m->normed = malloc(2 * rows * width), m->q = malloc(2 * rows * qkv_width), m->k = malloc(2 * rows * kv);
     m->v = malloc(2 * rows * kv), m->mixed = malloc(2 * rows * attention), m->added = malloc(2 * rows * width);
     m->wide = malloc(2 * rows * wide), m->up = malloc(2 * rows * wide);
-    m->x.levels = malloc(rows * widest), m->x.scales = malloc(sizeof(float) * rows * widest / GROUP);
-    m->x.sums = malloc(sizeof(int32_t) * rows * widest / GROUP);
-    return m->normed && m->q && m->k && m->v && m->mixed && m->added && m->wide && m->up && m->x.levels &&
-           m->x.scales && m->x.sums;
+    int room = tabwrite_quantized_room(&m->x, rows, widest);  /* for every product's input */
+    return m->normed && m->q && m->k && m->v && m->mixed && m->added && m->wide && m->up && room;
 }
 
 static void free_scratch(scratch *m) {
     free(m->normed), free(m->q), free(m->k), free(m->v), free(m->mixed), free(m->added), free(m->wide), free(m->up);
-    free(m->x.levels), free(m->x.scales), free(m->x.sums);
+    tabwrite_free_quantized(&m->x);
 }
 
 /* Per-thread room for a request's query heads' scores over its cache row, or NULL (then the step is failed). */
@@ -338,14 +329,14 @@ static void norm_rows(row_norm norm, const uint16_t *hidden, const int64_t *shap
         for (int r = 0; r < rows; r++)
             norm(hidden + (size_t)r * width, width, (const uint16_t *)*weight, bias ? (const uint16_t *)*bias : NULL,
                  epsilon, m->normed + (size_t)r * width);
-        tabwrite_quantize_rows(m->normed, rows, width, m->x.levels, m->x.scales, m->x.sums);
+        tabwrite_quantize_rows(m->normed, rows, width, &m->x);
     }
 }
 
 /* In the parallel region: hidden += x W^T, the residual of a layer's output product (x quantized by one thread). */
 static void add_product(uint16_t *hidden, const uint16_t *x, packed w, scratch *m, int rows) {
 #pragma omp single
-    tabwrite_quantize_rows(x, rows, w.in, m->x.levels, m->x.scales, m->x.sums);
+    tabwrite_quantize_rows(x, rows, w.in, &m->x);
     products(&w, &m->added, 1, &m->x, rows);
 #pragma omp single
     add_into(hidden, m->added, (long)rows * w.out);
@@ -356,7 +347,7 @@ static void add_product(uint16_t *hidden, const uint16_t *x, packed w, scratch *
 int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *table, const uint16_t *cos,
                         const uint16_t *sin, const int64_t *slots, const int64_t *slot_of_row, const uint8_t *visible,
                         float epsilon, float scale, int threads) {
-    step s = {shape, slots, slot_of_row, visible, epsilon, scale};
+    step s = {shape, slots, slot_of_row, visible, scale};
     int width = shape[HIDDEN], heads = shape[HEADS], kv_heads = shape[KV_HEADS], dim = shape[HEAD_DIM];
     int wide = shape[INTERMEDIATE], rows = shape[ROWS], attention = heads * dim, kv = kv_heads * dim;
     scratch m;
@@ -401,7 +392,7 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
    place. head_dim a multiple of 32 up to 128, widths multiples of 32. 0, or -1 when out of memory. */
 int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *table, const int64_t *slots,
                        const int64_t *slot_of_row, const uint8_t *visible, float epsilon, float scale, int threads) {
-    step s = {shape, slots, slot_of_row, visible, epsilon, scale};
+    step s = {shape, slots, slot_of_row, visible, scale};
     int width = shape[HIDDEN], heads = shape[HEADS], dim = shape[HEAD_DIM], wide = shape[INTERMEDIATE];
     int rows = shape[ROWS], attention = heads * dim;
     scratch m;

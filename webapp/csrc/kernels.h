@@ -8,13 +8,25 @@
 #define GROUP 32 /* inputs per activation scale (and per weight scale in 4 bits) */
 #define BLOCK 16 /* outputs a vector holds; weights are laid out and padded per block */
 
-/* Each row of x [rows, in] (bfloat16) in 8 bits: xq [rows, in], scale xd and sum of levels xs [rows, groups]. */
-void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs);
+/* Rows of activations in 8 bits, as the packed products read them: levels [rows, in], and per group of 32 inputs
+   a scale and the sum of its levels [rows, groups]. */
+typedef struct {
+    int8_t *levels;
+    float *scales;
+    int32_t *sums;
+} quantized;
+
+/* Room in x for `rows` rows of `in` inputs: 1, or 0 when out of memory. Free it with tabwrite_free_quantized
+   either way. */
+int tabwrite_quantized_room(quantized *x, int rows, int in);
+void tabwrite_free_quantized(quantized *x);
+
+/* Each row of x [rows, in] (bfloat16) in 8 bits, into q (with room for them). */
+void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, quantized *q);
 
 /* Outputs 16b..16b+15 of y [rows, out] = x W^T + bias for a 4-bit layer (vnni_linear.c), x as quantized. */
-void tabwrite_int4_block(int b, int rows, int in, int out, const int8_t *xq, const float *xd, const int32_t *xs,
-                         const uint8_t *levels, const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias,
-                         uint16_t *y);
+void tabwrite_int4_block(int b, int rows, int in, int out, const quantized *x, const uint8_t *levels,
+                         const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias, uint16_t *y);
 
 /* One row of Llama's RMSNorm (rms_norm.c): y = bf16(bf16(x / rms(x)) x weight), width a multiple of 16. */
 void tabwrite_rms_norm_row(const uint16_t *x, int width, const uint16_t *weight, float epsilon, uint16_t *y);

@@ -25,7 +25,18 @@
 #define PREFETCH_BYTES 2048
 #define ROW_BLOCK 4   /* rows that share one reading of a block's weights (registers: 4 x 3 accumulators) */
 
-void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, float *xd, int32_t *xs) {
+int tabwrite_quantized_room(quantized *x, int rows, int in) {
+    x->levels = malloc((size_t)rows * in);
+    x->scales = malloc(sizeof(float) * rows * (in / GROUP));
+    x->sums = malloc(sizeof(int32_t) * rows * (in / GROUP));
+    return x->levels && x->scales && x->sums;
+}
+
+void tabwrite_free_quantized(quantized *x) {
+    free(x->levels), free(x->scales), free(x->sums);
+}
+
+void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, quantized *q) {
     int groups = in / GROUP;
     for (int r = 0; r < rows; r++) {
         for (int g = 0; g < groups; g++) {
@@ -35,11 +46,11 @@ void tabwrite_quantize_rows(const uint16_t *x, int rows, int in, int8_t *xq, flo
             __m512 scale = _mm512_set1_ps(largest > 0.f ? 127.f / largest : 0.f);
             __m512i low_levels = _mm512_cvtps_epi32(_mm512_mul_ps(low, scale));  /* rounds to nearest even */
             __m512i high_levels = _mm512_cvtps_epi32(_mm512_mul_ps(high, scale));
-            int8_t *to = xq + (size_t)r * in + g * GROUP;
+            int8_t *to = q->levels + (size_t)r * in + g * GROUP;
             _mm_storeu_si128((__m128i *)to, _mm512_cvtsepi32_epi8(low_levels));
             _mm_storeu_si128((__m128i *)(to + 16), _mm512_cvtsepi32_epi8(high_levels));
-            xd[r * groups + g] = largest / 127.f;
-            xs[r * groups + g] = _mm512_reduce_add_epi32(_mm512_add_epi32(low_levels, high_levels));
+            q->scales[r * groups + g] = largest / 127.f;
+            q->sums[r * groups + g] = _mm512_reduce_add_epi32(_mm512_add_epi32(low_levels, high_levels));
         }
     }
 }
@@ -74,10 +85,12 @@ static inline __m512i group_products(const __m512i *w, const int8_t *xq) {
     return _mm512_add_epi32(even, odd);
 }
 
-void tabwrite_int4_block(int b, int rows, int in, int out, const int8_t *xq, const float *xd, const int32_t *xs,
-                         const uint8_t *levels, const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias,
-                         uint16_t *y) {
+void tabwrite_int4_block(int b, int rows, int in, int out, const quantized *x, const uint8_t *levels,
+                         const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias, uint16_t *y) {
     int groups = in / GROUP;
+    const int8_t *xq = x->levels;
+    const float *xd = x->scales;
+    const int32_t *xs = x->sums;
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     const uint8_t *wb = levels + (size_t)b * groups * 256;
     const uint16_t *sb = scales + (size_t)b * groups * BLOCK, *zb = zeros + (size_t)b * groups * BLOCK;
@@ -117,19 +130,17 @@ void tabwrite_int4_block(int b, int rows, int in, int out, const int8_t *xq, con
 int tabwrite_int4_linear(const uint16_t *x, int rows, int in, int out, const uint8_t *levels,
                          const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias, uint16_t *y,
                          int threads) {
-    int groups = in / GROUP, blocks = (out + BLOCK - 1) / BLOCK;
-    int8_t *xq = malloc((size_t)rows * in);
-    float *xd = malloc(sizeof(float) * rows * groups);
-    int32_t *xs = malloc(sizeof(int32_t) * rows * groups);
-    if (!xq || !xd || !xs) {
-        free(xq), free(xd), free(xs);
+    int blocks = (out + BLOCK - 1) / BLOCK;
+    quantized q;
+    if (!tabwrite_quantized_room(&q, rows, in)) {
+        tabwrite_free_quantized(&q);
         return -1;
     }
-    tabwrite_quantize_rows(x, rows, in, xq, xd, xs);
+    tabwrite_quantize_rows(x, rows, in, &q);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < blocks; b++)
-        tabwrite_int4_block(b, rows, in, out, xq, xd, xs, levels, scales, zeros, bias, y);
-    free(xq), free(xd), free(xs);
+        tabwrite_int4_block(b, rows, in, out, &q, levels, scales, zeros, bias, y);
+    tabwrite_free_quantized(&q);
     return 0;
 }
 
@@ -137,15 +148,16 @@ int tabwrite_int4_linear(const uint16_t *x, int rows, int in, int out, const uin
 int tabwrite_int8_linear(const uint16_t *x, int rows, int in, int out, const uint8_t *weights,
                          const float *scales, const uint16_t *bias, uint16_t *y, int threads) {
     int groups = in / GROUP, blocks = (out + BLOCK - 1) / BLOCK;
-    int8_t *xq = malloc((size_t)rows * in);
-    float *xd = malloc(sizeof(float) * rows * groups);
-    int32_t *xs = malloc(sizeof(int32_t) * rows * groups);
+    quantized q;
     float *shift = malloc(sizeof(float) * rows);
-    if (!xq || !xd || !xs || !shift) {
-        free(xq), free(xd), free(xs), free(shift);
+    if (!tabwrite_quantized_room(&q, rows, in) || !shift) {
+        tabwrite_free_quantized(&q), free(shift);
         return -1;
     }
-    tabwrite_quantize_rows(x, rows, in, xq, xd, xs);
+    tabwrite_quantize_rows(x, rows, in, &q);
+    const int8_t *xq = q.levels;
+    const float *xd = q.scales;
+    const int32_t *xs = q.sums;
     for (int r = 0; r < rows; r++) {  /* what the stored +128 adds to every output of row r */
         float total = 0.f;
         for (int g = 0; g < groups; g++) total += 128.f * xd[r * groups + g] * (float)xs[r * groups + g];
@@ -178,6 +190,6 @@ int tabwrite_int8_linear(const uint16_t *x, int rows, int in, int out, const uin
             }
         }
     }
-    free(xq), free(xd), free(xs), free(shift);
+    tabwrite_free_quantized(&q), free(shift);
     return 0;
 }
