@@ -18,6 +18,8 @@ from webapp.models import wrap_model
 from webapp.protocol import SamplingSettings
 
 needs_kernel = pytest.mark.skipif(native.library() is None, reason=f"our kernels cannot run here: {native.why_not()}")
+needs_tiles = pytest.mark.skipif(not native.tiles(), reason="this CPU has no AMX tiles (or Linux lends none)")
+TILES = [pytest.param(True, marks=needs_tiles, id="tiles"), pytest.param(False, id="avx512")]
 
 TEXT = ("The river ran quietly past the old mill, where the children of the village gathered every summer "
         "to watch the boats and tell each other stories about the people who lived upstream.")
@@ -114,11 +116,15 @@ def test_the_embedded_model_steps_in_c_as_close_to_float32_as_transformers_steps
 
 
 @needs_kernel
+@pytest.mark.parametrize("tiles", TILES)
 @pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 2, 32), (2, 2, 64), (4, 1, 128)])
-def test_grouped_query_and_head_sizes_attend_as_transformers_does(embedded, heads, kv_heads, head_dim):
-    """A small random Llama of each kind: the first step's logits and every layer's new keys agree."""
+def test_grouped_query_and_head_sizes_attend_as_transformers_does(embedded, heads, kv_heads, head_dim, tiles):
+    """A small random Llama of each kind: the first step's logits and every layer's new keys agree.
+
+    With 3 options a key head has 6, 3 and 12 query heads: the tiles take the first and last.
+    """
     engine = Engine(tiny_llama(embedded.tokenizer, heads, kv_heads, head_dim))
-    assert decoder_step.step_plan(engine.model.base_model) is not None
+    decoder_step.step_plan(engine.model.base_model).tiles = tiles
     recorder = Recorder(engine)
     requests = [(TEXT, greedy(3)), (TEXT[:60], greedy(2))]
     theirs = recorder.steps(requests, 1, LlamaModel)
@@ -171,14 +177,17 @@ def tiny_gpt2(tokenizer, heads, width, layers=3):
 
 
 @needs_kernel
+@pytest.mark.parametrize("options, tiles", [(3, False), (5, False), pytest.param(5, True, marks=needs_tiles)],
+                         ids=["3 options", "5 options on avx512", "5 options on tiles"])
 @pytest.mark.parametrize("heads, width", [(2, 128), (4, 128), (3, 192)])
-def test_gpt2_blocks_step_in_c_as_transformers_does(embedded, heads, width):
+def test_gpt2_blocks_step_in_c_as_transformers_does(embedded, heads, width, options, tiles):
     """GPT-2's blocks (GPT-2 large's architecture, smaller): the steps' logits and every layer's keys agree."""
     engine = Engine(tiny_gpt2(embedded.tokenizer, heads, width))
     plan = decoder_step.step_plan(engine.model.base_model)
     assert isinstance(plan, decoder_step.GPT2Plan)
+    plan.tiles = tiles  # a key head has a query head per option: the tiles take 4 or more
     recorder = Recorder(engine)
-    requests = [(TEXT, greedy(3)), (TEXT[:60], greedy(2))]
+    requests = [(TEXT, greedy(options)), (TEXT[:60], greedy(options - 1))]
     theirs = recorder.steps(requests, 3, GPT2Model)
     before = plan.steps
     ours = recorder.steps(requests, 3, decoder_step.NativeGPT2Model)
@@ -193,6 +202,40 @@ def test_gpt2_blocks_step_in_c_as_transformers_does(embedded, heads, width):
         step = mine.seen[1]
         assert (step - yours.seen[1]).abs().max() < 0.05 * step.abs().max()
         assert divergences(step, yours.seen[1]).max() < 0.01
+
+
+@needs_tiles
+@pytest.mark.parametrize("shape", [(3,), (3, 2, 1)], ids=["one request", "three requests of 3, 2 and 1 options"])
+def test_attention_on_the_tiles_and_on_avx512_agree_over_a_long_document(embedded, embedded_int4, shape):
+    """A 340-token document (its attention cut in parts for the two threads): both ways close to float32 and to
+    each other. (Their logits are most often equal to the bit: sums of bfloat16 products are mostly exact in
+    float32, in any order.)"""
+    engine = Engine(embedded_int4)
+    plan = decoder_step.step_plan(engine.model.base_model)
+    recorder = Recorder(engine)
+    document = " ".join([TEXT] * 10)
+    requests = [(f"{index} {document}", greedy(n)) for index, n in enumerate(shape)]
+    runs, on_the_tiles = {}, {}
+    for tiles in (True, False):
+        plan.tiles = tiles
+        before = native.tile_parts()
+        runs[tiles] = recorder.steps(requests, 6, decoder_step.NativeLlamaModel)
+        on_the_tiles[tiles] = native.tile_parts() - before
+    # 6 steps x 30 layers x 3 key heads a request, or more where a key head's attention is cut in parts
+    assert on_the_tiles[True] >= 6 * 30 * 3 * len(shape) and on_the_tiles[False] == 0
+    assert len(runs[True][0].prompt_ids) > 300
+    for on_tiles, on_avx in zip(runs[True], runs[False]):
+        assert [option.tokens for option in on_tiles.options] == [option.tokens for option in on_avx.options]
+        steps = list(zip(on_tiles.seen[1:], on_avx.seen[1:]))
+        assert max(divergences(a, b).max().item() for a, b in steps) < 0.01
+        for generation in (on_tiles, on_avx):
+            drift = from_float32(embedded, generation)
+            assert drift.mean() < 0.01 and drift.max() < 0.05, drift
+
+
+def test_tabwrite_tiles_0_keeps_attention_on_avx512(monkeypatch):
+    monkeypatch.setenv("TABWRITE_TILES", "0")
+    assert native.tiles.__wrapped__() is False
 
 
 @needs_kernel

@@ -133,6 +133,7 @@ class StepPlan:
         # past this, the products take the dense copies (lowbit.VNNI_ROWS): transformers' way is the faster then
         self.most_rows = min(p.small_batch_rows for layer in layers for p in self.projections(layer))
         self.steps = 0  # steps taken so far (tests and benchmarks read it)
+        self.tiles = native.tiles()  # attention on the AMX tiles (else AVX-512); tests switch it
         # the weights' addresses, read once: the model's _apply (`.to()` and the like) makes a new plan
         self.weights = self._weight_table()
 
@@ -172,7 +173,8 @@ class StepPlan:
         table, buffers = self._table(cache, shape_of_step, columns)
         slots = slots.reshape(-1) if slots is not None else torch.arange(requests * queries)
         slot_of_row = slot_of_row if slot_of_row is not None else torch.arange(rows)
-        shape = torch.tensor([*self.shape, rows, requests, queries, columns - queries, len(self.layers)])
+        shape = torch.tensor([*self.shape, rows, requests, queries, columns - queries, len(self.layers),
+                              int(self.tiles)])
         arguments = [hidden, shape, table, *extra, slots, slot_of_row, visible.contiguous()]
         status = getattr(native.library(), self.FUNCTION)(*[tensor.data_ptr() for tensor in arguments], self.epsilon,
                                                           self.scale, torch.get_num_threads())

@@ -44,10 +44,11 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = sorted(CSRC.glob("*.c"))
 CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "f16c"})
 COMPILE = ["-O3", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
-           "-mavx512bf16", "-mf16c", "-mfma"]
+           "-mavx512bf16", "-mf16c", "-mfma", "-mamx-tile", "-mamx-bf16"]  # AMX only where tiles() says so
 GROUP = 32  # inputs per activation scale, and per weight scale in 4 bits
 BLOCK = 16  # outputs per vector: the weights are laid out, and padded, in blocks of 16 outputs
 ENABLED_VARIABLE = "TABWRITE_NATIVE"
+TILES_VARIABLE = "TABWRITE_TILES"
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,25 @@ def library():
     lib.tabwrite_silu_mul.restype = None
     lib.tabwrite_llama_step.argtypes = [pointer] * 8 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_gpt2_step.argtypes = [pointer] * 6 + [ctypes.c_float, ctypes.c_float, number]
+    lib.tabwrite_tiles_ready.argtypes = []
     return lib
+
+
+@functools.cache
+def tiles():
+    """Whether the decoding step's attention may use the CPU's AMX tiles (csrc/attention.c).
+
+    They need the CPU's amx_tile and amx_bf16, Linux's leave to use them (asked for here,
+    once), and TABWRITE_TILES not 0; without them attention runs on AVX-512.
+    """
+    if library() is None or os.environ.get(TILES_VARIABLE, "1").lower() in ("0", "off", "no", "false"):
+        return False
+    return {"amx_tile", "amx_bf16"} <= cpu_flags() and library().tabwrite_tiles_ready() == 1
+
+
+def tile_parts():
+    """How many parts of attention our step has computed on the tiles in this process (tests read it)."""
+    return ctypes.c_long.in_dll(library(), "tabwrite_tile_parts").value
 
 
 def why_not(flags=None):

@@ -3,13 +3,10 @@
 
    Each layer does what transformers' does, with the same roundings to bfloat16: the norm, the attention's
    products (4-bit, vnni_linear.c), Llama's rotary embedding, the new keys and values written into the
-   cache, attention over the cache through a mask, the output product and the residual; the norm, the MLP's
-   products and activation, and the residual. The threads stay in one parallel region for the whole step
-   and share each product's blocks of outputs.
-
-   Batch rows are queries. The cache has a row per request, whose `queries` new columns (from `length`) are
-   its options' keys and values: column o of request r is batch row slots[r x queries + o], and batch row b
-   is query slot_of_row[b] = r x queries + o, which sees what visible[r, o, :] shows of its request's row. */
+   cache, attention over the cache through a mask (attention.c), the output product and the residual; the
+   norm, the MLP's products and activation, and the residual. The threads stay in one parallel region for the
+   whole step and share each product's blocks of outputs. step.h says how batch rows, requests and the cache's
+   columns correspond. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -17,9 +14,8 @@
 
 #include "bf16.h"
 #include "kernels.h"
+#include "step.h"
 
-/* The step's shape, as decoder_step.py writes it. */
-enum { HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, ROWS, REQUESTS, QUERIES, LENGTH, LAYERS, SHAPE_FIELDS };
 /* A layer's int64 fields in the table decoder_step.py writes: a product is 4 (levels, scales, zeros, bias), the
    cache 8 (keys, then values: address, and the strides in elements of a cache row, a head and a position). */
 enum {
@@ -42,13 +38,6 @@ static packed packed_at(const int64_t *fields, int in, int out) {
                     (const uint16_t *)fields[3], in, out};
     return layer;
 }
-
-/* What every layer of a step shares. */
-typedef struct {
-    const int64_t *shape, *slots, *slot_of_row;
-    const uint8_t *visible;
-    float scale;
-} step;
 
 /* y_i = x W_i^T for up to three layers of the same input, their blocks of outputs shared by the team's threads. */
 static void products(const packed *layers, uint16_t *const *outputs, int count, const quantized *x, int rows) {
@@ -142,148 +131,14 @@ static void write_columns(const step *s, const int64_t *cache, const uint16_t *k
     }
 }
 
-/* The 16 sums of 16 vectors' lanes, in order: a transposing tree of adds, 45 instructions where 16 horizontal
-   sums would take about 130. */
-static inline __m512 sums_of(__m512 *v) {
-    __m512 pairs[8], quads[4], halves[2];
-    for (int i = 0; i < 8; i++)  /* per 128-bit lane: v[2i] and v[2i+1] interleaved, half their sums */
-        pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++)  /* per 128-bit lane: the lane's sums of v[4i] .. v[4i+3] */
-        quads[i] = _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(pairs[2 * i]), _mm512_castps_pd(pairs[2 * i + 1]))),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(pairs[2 * i]), _mm512_castps_pd(pairs[2 * i + 1]))));
-    for (int i = 0; i < 2; i++)  /* lanes 0 and 1 added, 2 and 3 added, of two quads */
-        halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
-                                  _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
-                         _mm512_shuffle_f32x4(halves[0], halves[1], 0xDD));
-}
-
-/* scale x q.k for keys j0 .. j0 + count - 1 (count <= 16), -inf where `seen` hides a key or past count. */
-static inline __attribute__((always_inline)) __m512 scores_of(const uint16_t *query, const uint16_t *keys,
-                                                              long key_stride, int j0, int count, int dim,
-                                                              const uint8_t *seen, float scale) {
-    __m512 partial[16];
-    for (int k = 0; k < 16; k++) {
-        __m512 dot = _mm512_setzero_ps();
-        if (k < count) {
-            const uint16_t *key = keys + (j0 + k) * key_stride;
-            for (int d = 0; d < dim; d += 32)
-                dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_loadu_si512((const void *)(query + d)),
-                                       (__m512bh)_mm512_loadu_si512((const void *)(key + d)));
-        }
-        partial[k] = dot;
-    }
-    __mmask16 within = count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
-    __mmask16 shown = _mm_mask_cmpneq_epi8_mask(within, _mm_maskz_loadu_epi8(within, seen + j0), _mm_setzero_si128());
-    return _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), shown, sums_of(partial), _mm512_set1_ps(scale));
-}
-
-enum { KEYS_AT_ONCE = 16, MOST_DIM = 128 };
-
-/* Attention of request r's queries on key head h over its cache row: softmax(scale q k^T) v in float32, keys
-   hidden where a query's visible row says so; batch row b's heads are at q + b x stride, its output at
-   out [rows, heads x dim]. `scores` has room for queries x repeats rows of the cache row's columns + 16.
-   A query that sees nothing gets zeros. The keys and values are read from memory once, 16 at a time, for all the query heads at work (grouped-query
-   attention: `repeats` a row); `dim` is a constant where it is inlined, so that its loops unroll. */
-static inline __attribute__((always_inline)) void attend_with(const step *s, int r, int h, const int64_t *cache,
-                                                              const uint16_t *q, long stride, float *scores,
-                                                              uint16_t *out, int dim) {
-    int heads = s->shape[HEADS], repeats = heads / s->shape[KV_HEADS], queries = s->shape[QUERIES];
-    int columns = s->shape[LENGTH] + queries, width = columns + 16, count = 0;
-    const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
-    const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
-    const uint16_t *query[queries * repeats];
-    const uint8_t *seen[queries * repeats];
-    uint16_t *result[queries * repeats];
-    for (int b = 0; b < s->shape[ROWS]; b++) {
-        if (s->slot_of_row[b] / queries != r) continue;  /* another request's query */
-        for (int head = h * repeats; head < (h + 1) * repeats; head++, count++) {
-            query[count] = q + b * stride + head * dim;
-            seen[count] = s->visible + s->slot_of_row[b] * columns;
-            result[count] = out + ((size_t)b * heads + head) * dim;
-        }
-    }
-    if (!count) return;
-    /* scores, 16 keys at a time for every query head */
-    __m512 top[queries * repeats];
-    for (int i = 0; i < count; i++) top[i] = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < columns; j += KEYS_AT_ONCE) {
-        int chunk = columns - j < KEYS_AT_ONCE ? columns - j : KEYS_AT_ONCE;
-        for (int k = 0; k < chunk; k += 4)  /* the next chunk's keys, while these are at work */
-            _mm_prefetch((const char *)(keys + (j + KEYS_AT_ONCE + k) * cache[3]), _MM_HINT_T0);
-        for (int i = 0; i < count; i++) {
-            __m512 x = scores_of(query[i], keys, cache[3], j, chunk, dim, seen[i], s->scale);
-            _mm512_storeu_ps(scores + (size_t)i * width + j, x);
-            top[i] = _mm512_max_ps(top[i], x);
-        }
-    }
-    /* e^(score - largest), 0 where hidden; each row's sum kept after its columns */
-    for (int i = 0; i < count; i++) {
-        float *row = scores + (size_t)i * width, largest = _mm512_reduce_max_ps(top[i]), total = 0.f;
-        if (largest > -INFINITY) {
-            for (int j = 0; j < columns; j += 16) {
-                __mmask16 within = columns - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (columns - j)) - 1);
-                __m512 x = _mm512_loadu_ps(row + j);
-                __mmask16 shown = _mm512_mask_cmp_ps_mask(within, x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-                __m512 e = _mm512_maskz_mov_ps(shown, exp_ps(_mm512_sub_ps(x, _mm512_set1_ps(largest))));
-                _mm512_storeu_ps(row + j, e);
-                total += _mm512_reduce_add_ps(e);
-            }
-        }
-        row[columns] = total;
-    }
-    /* the weighted sums of the values: 16 values at a time turned to float32 once, for every query head */
-    int vectors = dim / 16;
-    float sums[queries * repeats][MOST_DIM] __attribute__((aligned(64)));
-    float chunk_values[KEYS_AT_ONCE][MOST_DIM] __attribute__((aligned(64)));
-    for (int i = 0; i < count; i++)
-        for (int d = 0; d < vectors; d++) _mm512_store_ps(sums[i] + 16 * d, _mm512_setzero_ps());
-    for (int j = 0; j < columns; j += KEYS_AT_ONCE) {
-        int chunk = columns - j < KEYS_AT_ONCE ? columns - j : KEYS_AT_ONCE;
-        for (int k = 0; k < chunk; k++) {
-            const uint16_t *value = values + (j + k) * cache[7];
-            _mm_prefetch((const char *)(value + KEYS_AT_ONCE * cache[7]), _MM_HINT_T0);
-            for (int d = 0; d < vectors; d++) _mm512_store_ps(chunk_values[k] + 16 * d, load_bf16(value + 16 * d));
-        }
-        for (int i = 0; i < count; i++) {
-            const float *p = scores + (size_t)i * width + j;
-            __m512 acc[MOST_DIM / 16];
-            for (int d = 0; d < vectors; d++) acc[d] = _mm512_load_ps(sums[i] + 16 * d);
-            for (int k = 0; k < chunk; k++) {
-                __m512 weight = _mm512_set1_ps(p[k]);
-                for (int d = 0; d < vectors; d++)
-                    acc[d] = _mm512_fmadd_ps(weight, _mm512_load_ps(chunk_values[k] + 16 * d), acc[d]);
-            }
-            for (int d = 0; d < vectors; d++) _mm512_store_ps(sums[i] + 16 * d, acc[d]);
-        }
-    }
-    for (int i = 0; i < count; i++) {
-        float total = scores[(size_t)i * width + columns];
-        __m512 inverse = _mm512_set1_ps(total > 0.f ? 1.f / total : 0.f);  /* a query that sees nothing: zeros */
-        for (int d = 0; d < vectors; d++)
-            _mm256_storeu_si256((__m256i *)(result[i] + 16 * d),
-                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(sums[i] + 16 * d), inverse)));
-    }
-}
-
-/* Attention for request r's key head h (see attend_with). */
-static void attend(const step *s, int r, int h, const int64_t *cache, const uint16_t *q, long stride, float *scores,
-                   uint16_t *out) {
-    switch (s->shape[HEAD_DIM]) {  /* the usual sizes with their loops unrolled */
-        case 64: attend_with(s, r, h, cache, q, stride, scores, out, 64); break;
-        case 128: attend_with(s, r, h, cache, q, stride, scores, out, 128); break;
-        default: attend_with(s, r, h, cache, q, stride, scores, out, s->shape[HEAD_DIM]);
-    }
-}
-
 /* The working memory of a step: a buffer per intermediate, and the quantized input of the next product. */
 typedef struct {
     uint16_t *normed, *q, *k, *v, *mixed, *added, *wide, *up;
+    float *partials;  /* the attention's parts' results (attention.c) */
     quantized x;
 } scratch;
 
-static int scratch_for(scratch *m, const int64_t *shape, int qkv_width) {
+static int scratch_for(scratch *m, const int64_t *shape, int qkv_width, int threads) {
     size_t rows = shape[ROWS], width = shape[HIDDEN], wide = shape[INTERMEDIATE];
     size_t attention = shape[HEADS] * shape[HEAD_DIM], kv = shape[KV_HEADS] * shape[HEAD_DIM];
     size_t widest = wide > attention ? wide : attention;
@@ -291,23 +146,24 @@ static int scratch_for(scratch *m, const int64_t *shape, int qkv_width) {
     m->normed = malloc(2 * rows * width), m->q = malloc(2 * rows * qkv_width), m->k = malloc(2 * rows * kv);
     m->v = malloc(2 * rows * kv), m->mixed = malloc(2 * rows * attention), m->added = malloc(2 * rows * width);
     m->wide = malloc(2 * rows * wide), m->up = malloc(2 * rows * wide);
+    m->partials = tabwrite_attention_partials(shape, threads);
     int room = tabwrite_quantized_room(&m->x, rows, widest);  /* for every product's input */
-    return m->normed && m->q && m->k && m->v && m->mixed && m->added && m->wide && m->up && room;
+    return m->normed && m->q && m->k && m->v && m->mixed && m->added && m->wide && m->up && m->partials && room;
 }
 
 static void free_scratch(scratch *m) {
     free(m->normed), free(m->q), free(m->k), free(m->v), free(m->mixed), free(m->added), free(m->wide), free(m->up);
+    free(m->partials);
     tabwrite_free_quantized(&m->x);
 }
 
-/* Per-thread room for a request's query heads' scores over its cache row, or NULL (then the step is failed). */
-static float *scores_for(const int64_t *shape, int *failed) {
-    size_t heads = shape[QUERIES] * (shape[HEADS] / shape[KV_HEADS]);
-    float *scores = malloc(sizeof(float) * heads * (shape[LENGTH] + shape[QUERIES] + 16));
+/* In the parallel region: each thread's room for attention; false (for every thread) when one is out of memory. */
+static int room_for_attention(attention_room *room, const int64_t *shape, int *failed) {
+    int granted = tabwrite_attention_room(room, shape);
 #pragma omp atomic update
-    *failed |= !scores;
+    *failed |= !granted;
 #pragma omp barrier
-    return scores;
+    return !*failed;
 }
 
 /* A layer's norm of one row: RMSNorm (bias unused) or LayerNorm. */
@@ -351,10 +207,11 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
     int width = shape[HIDDEN], heads = shape[HEADS], kv_heads = shape[KV_HEADS], dim = shape[HEAD_DIM];
     int wide = shape[INTERMEDIATE], rows = shape[ROWS], attention = heads * dim, kv = kv_heads * dim;
     scratch m;
-    int failed = !scratch_for(&m, shape, attention);
+    int failed = !scratch_for(&m, shape, attention, threads);
 #pragma omp parallel num_threads(threads) if (!failed)
     {
-        float *scores = scores_for(shape, &failed);
+        attention_room room;
+        room_for_attention(&room, shape, &failed);
         for (int n = 0; n < shape[LAYERS] && !failed; n++) {
             const int64_t *layer = table + (size_t)n * LLAMA_FIELDS;
             norm_rows(rms_norm_row, hidden, shape, layer + LLAMA_INPUT_NORM, NULL, epsilon, &m);
@@ -370,9 +227,7 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
                 }
                 write_columns(&s, layer + LLAMA_CACHE, m.k, m.v, kv);
             }
-#pragma omp for schedule(dynamic)
-            for (int task = 0; task < shape[REQUESTS] * kv_heads; task++)
-                attend(&s, task / kv_heads, task % kv_heads, layer + LLAMA_CACHE, m.q, attention, scores, m.mixed);
+            tabwrite_attention(&s, layer + LLAMA_CACHE, m.q, attention, &room, m.partials, threads, m.mixed);
             add_product(hidden, m.mixed, packed_at(layer + LLAMA_O, attention, width), &m, rows);
             norm_rows(rms_norm_row, hidden, shape, layer + LLAMA_POST_NORM, NULL, epsilon, &m);
             packed mlp[2] = {packed_at(layer + LLAMA_GATE, width, wide), packed_at(layer + LLAMA_UP, width, wide)};
@@ -382,7 +237,7 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
             tabwrite_silu_mul_range(m.wide, m.up, (long)rows * wide, m.wide);
             add_product(hidden, m.wide, packed_at(layer + LLAMA_DOWN, wide, width), &m, rows);
         }
-        free(scores);
+        tabwrite_free_attention_room(&room);
     }
     free_scratch(&m);
     return failed ? -1 : 0;
@@ -396,10 +251,11 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
     int width = shape[HIDDEN], heads = shape[HEADS], dim = shape[HEAD_DIM], wide = shape[INTERMEDIATE];
     int rows = shape[ROWS], attention = heads * dim;
     scratch m;
-    int failed = !scratch_for(&m, shape, 3 * attention);
+    int failed = !scratch_for(&m, shape, 3 * attention, threads);
 #pragma omp parallel num_threads(threads) if (!failed)
     {
-        float *scores = scores_for(shape, &failed);
+        attention_room room;
+        room_for_attention(&room, shape, &failed);
         for (int n = 0; n < shape[LAYERS] && !failed; n++) {
             const int64_t *layer = table + (size_t)n * GPT2_FIELDS;
             norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_1, layer + GPT2_LN_1_BIAS, epsilon, &m);
@@ -407,9 +263,7 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
             products(&qkv, &m.q, 1, &m.x, rows);
 #pragma omp single
             write_columns(&s, layer + GPT2_CACHE, m.q + attention, m.q + 2 * attention, 3 * attention);
-#pragma omp for schedule(dynamic)
-            for (int task = 0; task < shape[REQUESTS] * heads; task++)
-                attend(&s, task / heads, task % heads, layer + GPT2_CACHE, m.q, 3 * attention, scores, m.mixed);
+            tabwrite_attention(&s, layer + GPT2_CACHE, m.q, 3 * attention, &room, m.partials, threads, m.mixed);
             add_product(hidden, m.mixed, packed_at(layer + GPT2_PROJECTION, attention, width), &m, rows);
             norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_2, layer + GPT2_LN_2_BIAS, epsilon, &m);
             packed fc = packed_at(layer + GPT2_FC, width, wide);
@@ -418,7 +272,7 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
             gelu_tanh(m.wide, (long)rows * wide);
             add_product(hidden, m.wide, packed_at(layer + GPT2_MLP_PROJECTION, wide, width), &m, rows);
         }
-        free(scores);
+        tabwrite_free_attention_room(&room);
     }
     free_scratch(&m);
     return failed ? -1 : 0;
