@@ -128,7 +128,9 @@ def test_grouped_query_and_head_sizes_attend_as_transformers_does(embedded, head
     recorder = Recorder(engine)
     requests = [(TEXT, greedy(3)), (TEXT[:60], greedy(2))]
     theirs = recorder.steps(requests, 1, LlamaModel)
+    before = native.tile_parts()
     ours = recorder.steps(requests, 1, decoder_step.NativeLlamaModel)
+    assert (native.tile_parts() > before) == (tiles and heads // kv_heads * 3 >= 4)
     for mine, yours in zip(theirs, ours):
         step = mine.seen[1]  # after the prompt's own logits
         assert (step - yours.seen[1]).abs().max() < 0.05 * step.abs().max()
@@ -189,9 +191,9 @@ def test_gpt2_blocks_step_in_c_as_transformers_does(embedded, heads, width, opti
     recorder = Recorder(engine)
     requests = [(TEXT, greedy(options)), (TEXT[:60], greedy(options - 1))]
     theirs = recorder.steps(requests, 3, GPT2Model)
-    before = plan.steps
+    before, parts = plan.steps, native.tile_parts()
     ours = recorder.steps(requests, 3, decoder_step.NativeGPT2Model)
-    assert plan.steps - before == 3
+    assert plan.steps - before == 3 and (native.tile_parts() > parts) == tiles
     for mine, yours in zip(theirs, ours):
         first = len(mine.prompt_ids) + 1  # the prompt and the first step's column: same inputs on both sides
         assert torch.equal(mine.cache.layers[0].keys[..., :first, :], yours.cache.layers[0].keys[..., :first, :])

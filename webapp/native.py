@@ -19,6 +19,10 @@ Three things PyTorch and transformers do slowly on this 2-core CPU:
 - **A decoding step as a whole** (`csrc/decoder_step.c`, used by decoder_step.py): each
   layer's hundred-odd small tensor operations cost more than its products; in C a
   Llama or GPT-2 layer is one pass, built from the pieces above (`csrc/kernels.h`).
+- **Attention on the AMX tiles** (`csrc/attention.c` for the step, `csrc/prompt_attention.c`
+  for reading prompts, used by prompt_attention.py; `tiles`): 16 queries or query heads
+  by 16 keys in one tile product, where AVX-512's bfloat16 dot products set the step's
+  attention's pace and PyTorch's did about 90 GFLOP/s.
 
 The sources are compiled together once per machine into the cache folder (0.3 s with
 gcc), and their OpenMP threads are PyTorch's own (the same libgomp). Where the CPU lacks
@@ -78,6 +82,7 @@ def library():
     lib.tabwrite_llama_step.argtypes = [pointer] * 8 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_gpt2_step.argtypes = [pointer] * 6 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_tiles_ready.argtypes = []
+    lib.tabwrite_prompt_attention.argtypes = [pointer] * 9 + [ctypes.c_float, pointer, number]
     return lib
 
 

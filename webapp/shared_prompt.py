@@ -11,12 +11,15 @@ of three options at 300 tokens: 0.34 ms a layer against 0.79 in a row per option
 The model calls `attention` through transformers' AttentionInterface. A forward pass
 given an `OptionRows` (the keyword `option_rows`) attends this way, and its cache layers
 write each option's new keys into its request's row (`regroup`); any other pass (reading
-a prompt, scoring, beam search) is plain SDPA.
+a prompt, scoring, beam search) is our prompt attention on the AMX tiles where it can run
+(prompt_attention.py), else plain SDPA.
 """
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from . import prompt_attention
 
 IMPLEMENTATION = "tabwrite_option_rows"
 
@@ -91,6 +94,9 @@ def install(model):
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, option_rows=None, **kwargs):
     """An AttentionInterface function: over the requests' rows when given OptionRows, else plain SDPA."""
     if option_rows is None:
+        ours = prompt_attention.attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+        if ours is not None:  # on the AMX tiles (reading prompts, a class's big steps)
+            return ours, None
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     option_rows.calls += 1

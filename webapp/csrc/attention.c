@@ -18,6 +18,7 @@
 #include "bf16.h"
 #include "kernels.h"
 #include "step.h"
+#include "tiles.h"
 
 long tabwrite_tile_parts;  /* parts of attention computed on the tiles so far (tests read it) */
 
@@ -105,15 +106,6 @@ static inline int row_room_for(int columns) { return (columns + 47) / 32 * 32; }
 /* What a part of the attention leaves for `combine`, per query head: its largest score, the sum of e^(score -
    largest) over its columns, and those weights' sum of the values, dim floats. */
 enum { LARGEST, TOTAL, SUMS };
-
-/* The interleaving of two values' bfloat16 (unpacklo/hi_epi16) puts dimensions 8L .. 8L + 3 of each 32 in the
-   first vector's 128-bit lane L and 8L + 4 .. 8L + 7 in the second's: their sums back in order, 32 floats. */
-static inline void store_in_order(float *natural, __m512 first, __m512 second) {
-    const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i high = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    _mm512_storeu_ps(natural, _mm512_permutex2var_ps(first, low, second));
-    _mm512_storeu_ps(natural + 16, _mm512_permutex2var_ps(first, high, second));
-}
 
 /* Part of the attention of request r's query heads on key head h: columns [begin, end) of its cache row (see
    queries_of), scores in float32, keys hidden where a query's visible row says so. Each query head's
@@ -213,20 +205,6 @@ int tabwrite_tiles_ready(void) {
     return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
 }
 
-/* Eight tiles of 16 rows of 64 bytes, the one shape used here: keys (16 keys x 32 dimensions), queries paired
-   (16 pairs of dimensions x 16 query heads), weights paired (16 query heads x 16 pairs of keys), values paired
-   (16 pairs of keys x 16 dimensions) and float32 results (16 x 16). */
-static void configure_tiles(void) {
-    struct __attribute__((packed)) {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t bytes_per_row[16];
-        uint8_t rows[16];
-    } config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int t = 0; t < 8; t++) config.bytes_per_row[t] = 64, config.rows[t] = 16;
-    _tile_loadconfig(&config);
-}
 
 /* keys x query heads scores of 16 keys from `keys` (rows `stride` bytes apart), the queries' tiles in 2 .. 5
    (one per 32 dimensions), into scores [16][16] float32. */
@@ -247,19 +225,6 @@ static inline void tile_scores(const uint16_t *keys, long stride, int blocks, fl
         _tile_dpbf16ps(0, 1, 5);
     }
     _tile_stored(0, scores, 64);
-}
-
-/* Values of keys j .. j + 31 (zeros from `end`), dimensions d .. d + 31, paired for the tiles: in `paired`, the
-   first tile's rows (16 pairs of keys, dimensions 8L .. 8L + 3 of lane L) then the second's (8L + 4 .. 8L + 7). */
-static inline void pair_values(const uint16_t *values, long stride, int j, int end, int d, uint32_t *paired) {
-    for (int p = 0; p < 16; p++) {
-        int k = j + 2 * p;
-        __m512i first = k < end ? _mm512_loadu_si512((const void *)(values + k * stride + d)) : _mm512_setzero_si512();
-        __m512i second = k + 1 < end ? _mm512_loadu_si512((const void *)(values + (k + 1) * stride + d))
-                                     : _mm512_setzero_si512();
-        _mm512_storeu_si512((void *)(paired + 16 * p), _mm512_unpacklo_epi16(first, second));
-        _mm512_storeu_si512((void *)(paired + 256 + 16 * p), _mm512_unpackhi_epi16(first, second));
-    }
 }
 
 /* A part of request r's attention on key head h (attend_part_avx says what), its up to 16 query heads the
