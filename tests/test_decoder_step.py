@@ -87,7 +87,8 @@ def from_float32(embedded, generation):
 
 
 def greedy(n):
-    return SamplingSettings(n=n, mode="greedy", length=50, stop_at="length")
+    # no time limit that a busy machine could reach: the tests compare tokens
+    return SamplingSettings(n=n, mode="greedy", length=50, stop_at="length", max_time=600)
 
 
 @needs_kernel

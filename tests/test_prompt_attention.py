@@ -113,7 +113,7 @@ def test_the_engine_reads_prompts_on_the_tiles_as_close_to_float32_as_sdpa(monke
     engine = Engine(wrap_model(model, embedded.tokenizer, "embedded-int4"))
     calls = []
     ours = prompt_attention.attend
-    settings = SamplingSettings(n=2, mode="greedy", length=8, stop_at="length")
+    settings = SamplingSettings(n=2, mode="greedy", length=8, stop_at="length", max_time=600)  # tokens compared
     texts = [TEXT, " ".join([TEXT] * 9)]
     predicted, continued = {}, {}
     for kind in ("ours", "sdpa"):

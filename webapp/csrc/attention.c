@@ -81,6 +81,11 @@ static int queries_of(const step *s, int r, int h, const uint16_t *q, long strid
     return count;
 }
 
+/* Request r's keys (part 0) or values (part 4) on key head h, from a layer's 8 cache fields. */
+static inline const uint16_t *cache_row(const int64_t *cache, int part, int r, int h) {
+    return (const uint16_t *)cache[part] + r * cache[part + 1] + h * cache[part + 2];
+}
+
 /* The most query heads a request has for a key head. */
 static int query_heads(const int64_t *shape) { return shape[QUERIES] * (shape[HEADS] / shape[KV_HEADS]); }
 
@@ -119,8 +124,7 @@ static inline __attribute__((always_inline)) void attend_part_avx_with(const ste
                                                                    long stride, float *scores, uint16_t *weights,
                                                                    float *partial, int dim) {
     int queries = query_heads(s->shape), width = row_room_for(end - begin);
-    const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
-    const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
+    const uint16_t *keys = cache_row(cache, 0, r, h), *values = cache_row(cache, 4, r, h);
     const uint16_t *query[queries];
     const uint8_t *seen[queries];
     int count = queries_of(s, r, h, q, stride, NULL, query, seen, NULL);
@@ -233,8 +237,7 @@ static inline void tile_scores(const uint16_t *keys, long stride, int blocks, fl
 static void attend_part_tiles(const step *s, int r, int h, int begin, int end, const int64_t *cache,
                               const uint16_t *q, long stride, const attention_room *room, float *partial) {
     int dim = s->shape[HEAD_DIM], blocks = dim / 32, columns = end - begin, queries = query_heads(s->shape);
-    const uint16_t *keys = (const uint16_t *)cache[0] + r * cache[1] + h * cache[2];
-    const uint16_t *values = (const uint16_t *)cache[4] + r * cache[5] + h * cache[6];
+    const uint16_t *keys = cache_row(cache, 0, r, h), *values = cache_row(cache, 4, r, h);
     const uint16_t *query[queries];
     const uint8_t *seen[queries];
     int count = queries_of(s, r, h, q, stride, NULL, query, seen, NULL);
@@ -323,29 +326,13 @@ static void attend_part_tiles(const step *s, int r, int h, int begin, int end, c
     }
     for (int d = 0; d < dim; d += 64) {  /* 64 dimensions in tiles 0 .. 3, 32 in 0 and 1 */
         int both = dim - d >= 64;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        clear_sums();
         for (int j = begin; j < end; j += 32) {
-            _tile_loadd(4, weights + 256 * ((j - begin) / 32), 64);
             pair_values(values, cache[7], j, end, d, paired_values);
-            _tile_loadd(5, paired_values, 64);
-            _tile_dpbf16ps(0, 4, 5);
-            _tile_loadd(5, paired_values + 256, 64);
-            _tile_dpbf16ps(1, 4, 5);
-            if (both) {
-                pair_values(values, cache[7], j, end, d + 32, paired_values + 512);
-                _tile_loadd(5, paired_values + 512, 64);
-                _tile_dpbf16ps(2, 4, 5);
-                _tile_loadd(5, paired_values + 768, 64);
-                _tile_dpbf16ps(3, 4, 5);
-            }
+            if (both) pair_values(values, cache[7], j, end, d + 32, paired_values + 512);
+            add_to_sums(weights + 256 * ((j - begin) / 32), 64, paired_values, both);
         }
-        _tile_stored(0, results, 64);
-        _tile_stored(1, results + 256, 64);
-        _tile_stored(2, results + 512, 64);
-        _tile_stored(3, results + 768, 64);
+        store_sums(results);
         for (int i = 0; i < count; i++)
             for (int half = 0; half <= both; half++)
                 store_in_order(partial + (size_t)i * (SUMS + dim) + SUMS + d + 32 * half,

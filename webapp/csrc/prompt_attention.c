@@ -142,28 +142,10 @@ static void attend_block(const prompt *p, int b, int head, int first, float *roo
     /* the weights' sums of the values, 64 dimensions at a time in tiles 0 .. 3 (32 in 0 and 1) */
     for (int d = 0; d < dim; d += 64) {
         int both = dim - d >= 64;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int j = 0; j < columns; j += 32) {
-            const uint32_t *tile = paired_values + ((size_t)(j / 32) * blocks + d / 32) * 512;
-            _tile_loadd(4, weights + j, 2 * width);
-            _tile_loadd(5, tile, 64);
-            _tile_dpbf16ps(0, 4, 5);
-            _tile_loadd(5, tile + 256, 64);
-            _tile_dpbf16ps(1, 4, 5);
-            if (both) {
-                _tile_loadd(5, tile + 512, 64);
-                _tile_dpbf16ps(2, 4, 5);
-                _tile_loadd(5, tile + 768, 64);
-                _tile_dpbf16ps(3, 4, 5);
-            }
-        }
-        _tile_stored(0, results, 64);
-        _tile_stored(1, results + 256, 64);
-        _tile_stored(2, results + 512, 64);
-        _tile_stored(3, results + 768, 64);
+        clear_sums();
+        for (int j = 0; j < columns; j += 32)
+            add_to_sums(weights + j, 2 * width, paired_values + ((size_t)(j / 32) * blocks + d / 32) * 512, both);
+        store_sums(results);
         for (int r = 0; r < rows; r++) {
             float natural[64];
             __m512 inverse = _mm512_set1_ps(totals[r] > 0.f ? 1.f / totals[r] : 0.f);  /* sees nothing: zeros */

@@ -35,6 +35,39 @@ static inline void pair_values(const uint16_t *values, long stride, int j, int e
     }
 }
 
+/* Tiles 0 .. 3 hold a block of queries' (or query heads') weighted sums of the values, 64 dimensions: d .. d + 31
+   in tiles 0 and 1, d + 32 .. d + 63 in 2 and 3 (in the order of store_in_order). */
+static inline void clear_sums(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
+/* The sums += the weights of 32 keys (rows `stride` bytes apart: 16 queries x 16 pairs of keys) x their values
+   paired (pair_values: 256 uint32 a tile, dimensions d .. d + 31 then, where `both`, d + 32 .. d + 63). */
+static inline void add_to_sums(const void *weights, long stride, const uint32_t *paired, int both) {
+    _tile_loadd(4, weights, stride);
+    _tile_loadd(5, paired, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(5, paired + 256, 64);
+    _tile_dpbf16ps(1, 4, 5);
+    if (both) {
+        _tile_loadd(5, paired + 512, 64);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(5, paired + 768, 64);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+}
+
+/* The sums into results [4][16][16] float32, a tile after another. */
+static inline void store_sums(float *results) {
+    _tile_stored(0, results, 64);
+    _tile_stored(1, results + 256, 64);
+    _tile_stored(2, results + 512, 64);
+    _tile_stored(3, results + 768, 64);
+}
+
 /* The interleaving of two values' bfloat16 (unpacklo/hi_epi16) puts dimensions 8L .. 8L + 3 of each 32 in the
    first vector's 128-bit lane L and 8L + 4 .. 8L + 7 in the second's: their sums back in order, 32 floats. */
 static inline void store_in_order(float *natural, __m512 first, __m512 second) {
