@@ -88,10 +88,11 @@ def library():
 
 @functools.cache
 def tiles():
-    """Whether the decoding step's attention may use the CPU's AMX tiles (csrc/attention.c).
+    """Whether our attention may use the CPU's AMX tiles: the decoding step's (csrc/attention.c), and reading prompts'.
 
     They need the CPU's amx_tile and amx_bf16, Linux's leave to use them (asked for here,
-    once), and TABWRITE_TILES not 0; without them attention runs on AVX-512.
+    once), and TABWRITE_TILES not 0; without them the step's attention runs on AVX-512 and
+    prompts' on PyTorch's SDPA.
     """
     if library() is None or os.environ.get(TILES_VARIABLE, "1").lower() in ("0", "off", "no", "false"):
         return False

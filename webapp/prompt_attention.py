@@ -3,8 +3,8 @@
 Reading a prompt, PyTorch's attention took a fifth of the time here (34 of 179 ms for
 300 tokens of the embedded model in int4, 98 of 412 ms for 900): its CPU kernel did about
 90 GFLOP/s. Ours multiplies 16 queries by 16 keys in one tile product per 32 dimensions.
-shared_prompt.attention sends it every pass without OptionRows (reading prompts, a
-class's big steps, scoring) that it can take: bfloat16 on the CPU, tiles granted (see
+shared_prompt.attention sends it every pass without OptionRows (reading prompts, scoring
+a text, beam search) that it can take: bfloat16 on the CPU, tiles granted (see
 native.tiles), head size a multiple of 32 up to 128, a causal pass or a boolean mask, and
 nothing asked that changes attention (dropout, soft-capping, a sliding window, sinks,
 position biases). Anything else is PyTorch's SDPA, as before.

@@ -92,10 +92,10 @@ def install(model):
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, option_rows=None, **kwargs):
-    """An AttentionInterface function: over the requests' rows when given OptionRows, else plain SDPA."""
+    """An AttentionInterface function: over the requests' rows when given OptionRows, else prompt attention or SDPA."""
     if option_rows is None:
         ours = prompt_attention.attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
-        if ours is not None:  # on the AMX tiles (reading prompts, a class's big steps)
+        if ours is not None:  # on the AMX tiles (reading prompts, scoring a text)
             return ours, None
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
