@@ -91,6 +91,7 @@ def test_what_it_does_not_compute_goes_to_sdpa():
     additive = torch.zeros(1, 1, 20, 20, dtype=torch.bfloat16)
     for refused in [dict(query=query.float(), key=key.float(), value=value.float()), dict(attention_mask=additive),
                     dict(dropout=0.1), dict(kwargs={"sliding_window": 8}), dict(kwargs={"softcap": 30.0}),
+                    dict(kwargs={"s_aux": torch.zeros(4)}), dict(kwargs={"output_attentions": True}),
                     dict(query=query[..., :48], key=key[..., :48], value=value[..., :48])]:
         arguments = dict(module=layer, query=query, key=key, value=value, attention_mask=None, scaling=None,
                          dropout=0.0, kwargs={})

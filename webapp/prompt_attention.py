@@ -15,7 +15,7 @@ from . import native
 
 # keyword arguments an attention call may carry that change nothing here (the cache's bookkeeping)
 HARMLESS = frozenset({"position_ids", "cache_position", "past_key_values", "past_key_value", "use_cache",
-                      "output_attentions", "is_causal", "option_rows"})
+                      "is_causal"})
 
 
 def attend(module, query, key, value, attention_mask, scaling, dropout, kwargs):
@@ -47,10 +47,9 @@ def attend(module, query, key, value, attention_mask, scaling, dropout, kwargs):
 
 def _takes(query, key, value, attention_mask, dropout, kwargs):
     """Whether our kernel computes what transformers' SDPA call would for these arguments."""
-    if native.library() is None or not native.tiles() or dropout or any(value_ for name, value_ in kwargs.items()
-                                            if name not in HARMLESS and value_ is not None):
-        return False
-    if kwargs.get("output_attentions"):
+    # anything more asked of attention (soft-capping, a window, sinks, weights returned), as StepPlan.takes asks it
+    asked = {name for name, argument in kwargs.items() if argument is not None and argument is not False}
+    if native.library() is None or not native.tiles() or dropout or asked - HARMLESS:
         return False
     tensors = (query, key, value)
     if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" or t.dim() != 4 or t.stride(-1) != 1 for t in tensors):

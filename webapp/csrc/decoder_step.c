@@ -157,13 +157,12 @@ static void free_scratch(scratch *m) {
     tabwrite_free_quantized(&m->x);
 }
 
-/* In the parallel region: each thread's room for attention; false (for every thread) when one is out of memory. */
-static int room_for_attention(attention_room *room, const int64_t *shape, int *failed) {
+/* In the parallel region: each thread's room for attention; *failed set, for every thread, when one ran out. */
+static void room_for_attention(attention_room *room, const int64_t *shape, int *failed) {
     int granted = tabwrite_attention_room(room, shape);
 #pragma omp atomic update
     *failed |= !granted;
 #pragma omp barrier
-    return !*failed;
 }
 
 /* A layer's norm of one row: RMSNorm (bias unused) or LayerNorm. */
