@@ -687,3 +687,26 @@ def test_a_model_whose_attention_ignores_the_interface_stops_with_a_clear_error(
     model.config._attn_implementation = "eager"
     with pytest.raises(RuntimeError, match="AttentionInterface"):
         engine.warm_up()  # what the server runs before it says it is ready
+
+
+def test_a_batched_step_samples_each_generation_as_it_would_alone(engine):
+    """`_sample_many` (like settings' rows together) and `_sample` one generation at a time choose the same."""
+    sampled = SamplingSettings(n=3, length=30, stop_at="length", seed=1)
+    kinds = [sampled, dataclasses.replace(GREEDY, n=2, length=30), dataclasses.replace(sampled, seed=2),
+             dataclasses.replace(sampled, temperature=1.3, top_k=0, top_p=0.9, seed=3),
+             dataclasses.replace(sampled, n=1, no_repeat_ngram=2, seed=4), dataclasses.replace(sampled, seed=5)]
+    texts = [f"Story {index}: the" for index in range(len(kinds))]
+    together, alone = ([engine.start(text, settings)[0] for text, settings in zip(texts, kinds)] for _ in range(2))
+    rows = sum(settings.n for settings in kinds)
+    torch.manual_seed(0)
+    for _ in range(6):
+        logits = torch.randn(rows, engine.model.config.vocab_size) * 4
+        deltas = engine._sample_many(together, logits)
+        apart = [engine._sample(generation, part) for generation, part in
+                 zip(alone, logits.split([settings.n for settings in kinds]))]
+        assert deltas == apart
+    for mine, yours in zip(together, alone):
+        assert [option.tokens for option in mine.options] == [option.tokens for option in yours.options]
+        assert [option.logprob for option in mine.options] == [option.logprob for option in yours.options]
+    # the seeded ones did draw: their options differ
+    assert len({tuple(option.tokens) for option in together[0].options}) > 1

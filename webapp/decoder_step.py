@@ -13,8 +13,12 @@ architecture) go the same way.
 It takes a forward pass when the model is Llama's or GPT-2's, packed in 4 bits on our
 kernel (the int4 format where the CPU has AVX512-VNNI), and the pass is a decoding step
 with OptionRows, or a few more tokens of one text read on its cache, in few enough rows
-for the packed path. Anything else (reading a whole prompt, other formats, a class's big
-batch, beam search) goes through transformers' forward.
+for the packed path. A decoding step of more rows (a class's batch: 30 clients are 90
+rows) multiplies by the layers' dense bfloat16 copies, oneDNN's products on the matrix
+units, and goes layer by layer: between the products, our C code does the rest in four
+calls a layer (`step_by_layers`); at 90 rows the embedded model's pass took 71-77
+against 95-109 ms through transformers' layers. Anything else (reading a whole prompt,
+other formats, beam search) goes through transformers' forward.
 """
 import torch
 from torch import nn
@@ -80,12 +84,13 @@ def _in_c(model, input_ids, attention_mask, position_ids, cache, inputs_embeds, 
     if option_rows is not None:
         if not option_rows.rows_are_queries or input_ids.shape[1] != 1:
             return None
-        hidden = plan.step(model, input_ids, position_ids, cache, option_rows.visible, option_rows.slots,
-                           option_rows.slot_of_row)
+        step = plan.step if input_ids.shape[0] <= plan.most_rows else plan.step_by_layers
+        hidden = step(model, input_ids, position_ids, cache, option_rows.visible, option_rows.slots,
+                      option_rows.slot_of_row)
         option_rows.calls += 1  # the options attended through their rows
         return plan.OUTPUT(last_hidden_state=hidden[:, None], cache=cache)
     length, count = cache.get_seq_length(), input_ids.shape[1]
-    if input_ids.shape[0] != 1 or not length:
+    if input_ids.shape[0] != 1 or not length or count > plan.most_rows:
         return None
     visible = torch.ones((1, count, length + count), dtype=torch.bool)
     visible[0, :, length:] = torch.ones((count, count), dtype=torch.bool).tril()  # the new tokens up to itself
@@ -133,6 +138,7 @@ class StepPlan:
         # past this, the products take the dense copies (lowbit.VNNI_ROWS): transformers' way is the faster then
         self.most_rows = min(p.small_batch_rows for layer in layers for p in self.projections(layer))
         self.steps = 0  # steps taken so far (tests and benchmarks read it)
+        self.steps_by_layers = 0  # and those of more rows, taken layer by layer
         self.tiles = native.tiles()  # attention on the AMX tiles (else AVX-512); tests switch it
         # the weights' addresses, read once: the model's _apply (`.to()` and the like) makes a new plan
         self.weights = self._weight_table()
@@ -152,7 +158,7 @@ class StepPlan:
             return False  # anything more asked of the pass (hidden states, attentions, cross-attention): transformers'
         if input_ids is None or inputs_embeds is not None or attention_mask is not None or cache is None:
             return False
-        if input_ids.dim() != 2 or not 0 < input_ids.numel() <= self.most_rows:
+        if input_ids.dim() != 2 or not input_ids.numel():
             return False
         return all(isinstance(layer, kvcache.GrowingLayer) and layer.is_initialized
                    and layer.keys.dtype == torch.bfloat16 and layer.keys.device.type == "cpu"
@@ -164,26 +170,78 @@ class StepPlan:
         `visible` [requests, queries, columns], `slots` and `slot_of_row` as in
         shared_prompt.OptionRows (None: the batch rows are the requests' queries in order).
         """
+        hidden, extra, shape, caches, buffers, slots, slot_of_row = self._prepare(
+            model, input_ids, position_ids, cache, visible, slots, slot_of_row)
+        table = torch.cat([self.weights, caches], dim=1)
+        arguments = [hidden, shape, table, *extra, slots, slot_of_row, visible.contiguous()]
+        status = getattr(native.library(), self.FUNCTION)(*[tensor.data_ptr() for tensor in arguments], self.epsilon,
+                                                          self.scale, torch.get_num_threads())
+        if status:
+            raise MemoryError("the C decoding step could not allocate its working memory")
+        self._commit(cache, buffers, visible.shape[2])
+        self.steps += 1
+        return self.final_norm(model)(hidden)
+
+    def step_by_layers(self, model, input_ids, position_ids, cache, visible, slots=None, slot_of_row=None):
+        """`step` for more rows than the packed products take: their dense copies' products between our C pieces.
+
+        A class's step (30 clients, 90 rows) went through transformers' layers, some 130
+        operations each; here a layer is its products (oneDNN's, on the matrix units) and
+        four calls to our C code: norms and residuals, attention with its rotary embedding
+        and cache writes, and the MLP's activation.
+        """
+        hidden, extra, shape, caches, buffers, slots, slot_of_row = self._prepare(
+            model, input_ids, position_ids, cache, visible, slots, slot_of_row)
+        library, threads, rows = native.library(), torch.get_num_threads(), hidden.shape[0]
+        visible = visible.contiguous()
+        normed, mixed = torch.empty_like(hidden), hidden.new_empty((rows, self.heads * self.head_dim))
+        rotation = [_address(part) for part in extra] or [None, None]
+        fixed = [shape.data_ptr(), None, *rotation, slots.data_ptr(), slot_of_row.data_ptr(), visible.data_ptr()]
+        added = None
+        for layer, fields in zip(self.layers, caches):
+            before_attention, before_mlp = self.norm_pairs(layer)
+            self._add_norm(hidden, added, before_attention, normed)
+            (q, q_stride), (k, v, kv_stride) = self.queries_keys_values(layer, normed)
+            fixed[1] = fields.data_ptr()
+            status = library.tabwrite_layer_attention(q, q_stride, k, v, kv_stride, *fixed, self.scale, threads,
+                                                      mixed.data_ptr())
+            if status:
+                raise MemoryError("the C attention could not allocate its working memory")
+            added = self.output_product(layer)(mixed)
+            self._add_norm(hidden, added, before_mlp, normed)
+            added = self.mlp(layer, normed)
+        self._add_norm(hidden, added, (None, None), None)
+        self._commit(cache, buffers, visible.shape[2])
+        self.steps_by_layers += 1
+        return self.final_norm(model)(hidden)
+
+    def _prepare(self, model, input_ids, position_ids, cache, visible, slots, slot_of_row):
+        """What both ways of stepping start from: the rows' embeddings, the shape, the cache's fields, the slots."""
         rows = input_ids.shape[0]
         if position_ids is None:
             position_ids = torch.full((rows, 1), cache.get_seq_length(), dtype=torch.long)
         hidden, extra = self.embed(model, input_ids, position_ids)
         requests, queries, columns = visible.shape
         shape_of_step = hidden.new_empty((requests, self.kv_heads, queries, self.head_dim))
-        table, buffers = self._table(cache, shape_of_step, columns)
+        caches, buffers = self._cache_table(cache, shape_of_step, columns)
         slots = slots.reshape(-1) if slots is not None else torch.arange(requests * queries)
         slot_of_row = slot_of_row if slot_of_row is not None else torch.arange(rows)
         shape = torch.tensor([*self.shape, rows, requests, queries, columns - queries, len(self.layers),
                               int(self.tiles)])
-        arguments = [hidden, shape, table, *extra, slots, slot_of_row, visible.contiguous()]
-        status = getattr(native.library(), self.FUNCTION)(*[tensor.data_ptr() for tensor in arguments], self.epsilon,
-                                                          self.scale, torch.get_num_threads())
-        if status:
-            raise MemoryError("the C decoding step could not allocate its working memory")
+        return hidden, extra, shape, caches, buffers, slots, slot_of_row
+
+    def _add_norm(self, hidden, added, norm, normed):
+        """hidden += added (unless None), then normed = norm(hidden) (unless norm's weight is None), in C."""
+        weight, bias = norm
+        native.library().tabwrite_add_norm(hidden.data_ptr(), _address(added), hidden.shape[0], self.hidden,
+                                           _address(weight), _address(bias), self.epsilon, _address(normed),
+                                           torch.get_num_threads())
+
+    @staticmethod
+    def _commit(cache, buffers, columns):
+        """Let the cache's layers hold the buffers the step wrote its columns into."""
         for layer, (keys, values) in zip(cache.layers, buffers):
             layer.use_buffers(keys, values, columns)
-        self.steps += 1
-        return self.final_norm(model)(hidden)
 
     def _weight_table(self):
         """[layers, fields] int64: each layer's norms', then its products' addresses (levels, scales, zeros, bias)."""
@@ -196,8 +254,8 @@ class StepPlan:
             rows.append(fields)
         return torch.tensor(rows, dtype=torch.int64)
 
-    def _table(self, cache, shape_of_step, columns):
-        """The int64 table of every layer's addresses (weights, and buffers with room for the step) and the buffers."""
+    def _cache_table(self, cache, shape_of_step, columns):
+        """[layers, 8] int64: each layer's cache buffers (room for the step) as the C code reads them; the buffers."""
         fields, buffers = [], []
         for held in cache.layers:
             (keys, values), length = held.room_for(shape_of_step, shape_of_step)
@@ -205,7 +263,7 @@ class StepPlan:
                 raise ValueError(f"the step's mask covers {columns} columns, the cache {length} + the step's")
             buffers.append((keys, values))
             fields.append([keys.data_ptr(), *keys.stride()[:3], values.data_ptr(), *values.stride()[:3]])
-        return torch.cat([self.weights, torch.tensor(fields, dtype=torch.int64)], dim=1), buffers
+        return torch.tensor(fields, dtype=torch.int64), buffers
 
 
 class LlamaPlan(StepPlan):
@@ -238,6 +296,27 @@ class LlamaPlan(StepPlan):
     @staticmethod
     def norms(layer):
         return [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+
+    @staticmethod
+    def norm_pairs(layer):
+        return (layer.input_layernorm.weight, None), (layer.post_attention_layernorm.weight, None)
+
+    def queries_keys_values(self, layer, normed):
+        """The dense products' queries, keys and values, as (address, stride) and (address, address, stride)."""
+        attention = layer.self_attn
+        self._held = [attention.q_proj.dense(normed), attention.k_proj.dense(normed), attention.v_proj.dense(normed)]
+        q, k, v = self._held
+        return (q.data_ptr(), q.shape[1]), (k.data_ptr(), v.data_ptr(), k.shape[1])
+
+    @staticmethod
+    def output_product(layer):
+        return layer.self_attn.o_proj.dense
+
+    @staticmethod
+    def mlp(layer, normed):
+        """down(silu(gate(x)) × up(x)) on the dense copies, the activation in C."""
+        mlp = layer.mlp
+        return mlp.down_proj.dense(native.silu_mul(mlp.gate_proj.dense(normed), mlp.up_proj.dense(normed)))
 
     def embed(self, model, input_ids, position_ids):
         """The rows' embeddings, and the rotary embedding's (cos, sin) at their positions, [rows, width] each."""
@@ -294,6 +373,28 @@ class GPT2Plan(StepPlan):
     @staticmethod
     def norms(block):
         return [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
+
+    @staticmethod
+    def norm_pairs(block):
+        return (block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias)
+
+    def queries_keys_values(self, block, normed):
+        """The joint product's queries, keys and values side by side in a row: addresses and their row stride."""
+        self._held = [block.attn.c_attn.dense(normed)]  # kept alive until the attention has read it
+        joint, width = self._held[0], self.heads * self.head_dim
+        at = joint.data_ptr()
+        return (at, 3 * width), (at + 2 * width, at + 4 * width, 3 * width)  # bytes: bfloat16 is 2 each
+
+    @staticmethod
+    def output_product(block):
+        return block.attn.c_proj.dense
+
+    @staticmethod
+    def mlp(block, normed):
+        """proj(gelu(fc(x))) on the dense copies, the activation in C."""
+        wide = block.mlp.c_fc.dense(normed)
+        native.library().tabwrite_gelu_tanh(wide.data_ptr(), wide.numel(), torch.get_num_threads())
+        return block.mlp.c_proj.dense(wide)
 
     def embed(self, model, input_ids, position_ids):
         """The rows' token and position embeddings, added (in bfloat16, as transformers adds them)."""

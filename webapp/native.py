@@ -82,6 +82,13 @@ def library():
     lib.tabwrite_llama_step.argtypes = [pointer] * 8 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_gpt2_step.argtypes = [pointer] * 6 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_tiles_ready.argtypes = []
+    lib.tabwrite_add_norm.argtypes = [pointer, pointer, number, number, pointer, pointer, ctypes.c_float, pointer,
+                                      number]
+    lib.tabwrite_add_norm.restype = None
+    lib.tabwrite_gelu_tanh.argtypes = [pointer, ctypes.c_long, number]
+    lib.tabwrite_gelu_tanh.restype = None
+    lib.tabwrite_layer_attention.argtypes = ([pointer, ctypes.c_long, pointer, pointer, ctypes.c_long] + [pointer] * 7
+                                             + [ctypes.c_float, number, pointer])
     lib.tabwrite_prompt_attention.argtypes = [pointer] * 9 + [ctypes.c_float, pointer, number]
     return lib
 

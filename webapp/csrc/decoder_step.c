@@ -276,3 +276,59 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
     free_scratch(&m);
     return failed ? -1 : 0;
 }
+
+/* ---- A step layer by layer: for batches past the packed products' rows (a class's step), whose products are
+   the layers' dense bfloat16 copies (oneDNN, on the matrix units), called by decoder_step.py between these. ---- */
+
+/* Each row of hidden [rows, width] += added (where added is not NULL), then normed = its norm (where weight is
+   not NULL): LayerNorm where bias is not NULL, else RMSNorm. The rows are shared by the threads. */
+void tabwrite_add_norm(uint16_t *hidden, const uint16_t *added, int rows, int width, const uint16_t *weight,
+                       const uint16_t *bias, float epsilon, uint16_t *normed, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        uint16_t *row = hidden + (size_t)r * width;
+        if (added) add_into(row, added + (size_t)r * width, width);
+        if (weight && bias) layer_norm_row(row, width, weight, bias, epsilon, normed + (size_t)r * width);
+        else if (weight) tabwrite_rms_norm_row(row, width, weight, epsilon, normed + (size_t)r * width);
+    }
+}
+
+/* GPT-2's gelu_new of x [n] in place (n a multiple of 16), shared by the threads. */
+void tabwrite_gelu_tanh(uint16_t *x, long n, int threads) {
+    const long chunk = 4096;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long i = 0; i < n; i += chunk) gelu_tanh(x + i, n - i < chunk ? n - i : chunk);
+}
+
+/* One layer's attention, between its products: Llama's rotary embedding on the batch rows' queries (q + b x
+   q_stride) and keys where cos is not NULL, the keys and values (k and v + b x kv_stride) written into the cache
+   (the layer's 8 fields), attention into out [rows, heads x dim]. 0, or -1 when out of memory. */
+int tabwrite_layer_attention(uint16_t *q, long q_stride, uint16_t *k, uint16_t *v, long kv_stride,
+                             const int64_t *shape, const int64_t *cache, const uint16_t *cos, const uint16_t *sin,
+                             const int64_t *slots, const int64_t *slot_of_row, const uint8_t *visible, float scale,
+                             int threads, uint16_t *out) {
+    step s = {shape, slots, slot_of_row, visible, scale};
+    int rows = shape[ROWS], heads = shape[HEADS], kv_heads = shape[KV_HEADS], dim = shape[HEAD_DIM];
+    float *partials = tabwrite_attention_partials(shape, threads);
+    int failed = partials == NULL;
+#pragma omp parallel num_threads(threads) if (!failed)
+    {
+        attention_room room;
+        room_for_attention(&room, shape, &failed);
+        if (!failed) {
+            if (cos) {
+#pragma omp for schedule(static)
+                for (int b = 0; b < rows; b++) {
+                    rotate(q + b * q_stride, heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+                    rotate(k + b * kv_stride, kv_heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+                }
+            }
+#pragma omp single
+            write_columns(&s, cache, k, v, kv_stride);
+            tabwrite_attention(&s, cache, q, q_stride, &room, partials, threads, out);
+        }
+        tabwrite_free_attention_room(&room);
+    }
+    free(partials);
+    return failed ? -1 : 0;
+}
