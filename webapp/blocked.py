@@ -51,8 +51,11 @@ class BlockedLinear(torch.nn.Module):
 
     def forward(self, inputs):
         rows = inputs.reshape(-1, self.in_features).to(DTYPE).contiguous()
-        outputs = torch.ops.mkldnn._linear_pointwise(rows, self.blocked, self.bias, "none", [], "")
-        return outputs.reshape(*inputs.shape[:-1], self.out_features)
+        return self.multiply(rows).reshape(*inputs.shape[:-1], self.out_features)
+
+    def multiply(self, rows):
+        """`rows` (contiguous bfloat16 [n, in]) times the weight, plus the bias: [n, out], without the module's call."""
+        return torch.ops.mkldnn._linear_pointwise(rows, self.blocked, self.bias, "none", [], "")
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, blocked"
