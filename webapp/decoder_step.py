@@ -196,16 +196,16 @@ class StepPlan:
         library, threads, rows = native.library(), torch.get_num_threads(), hidden.shape[0]
         visible = visible.contiguous()
         normed, mixed = torch.empty_like(hidden), hidden.new_empty((rows, self.heads * self.head_dim))
-        rotation = [_address(part) for part in extra] or [None, None]
-        fixed = [shape.data_ptr(), None, *rotation, slots.data_ptr(), slot_of_row.data_ptr(), visible.data_ptr()]
+        cos, sin = [_address(part) for part in extra] or [None, None]
         added = None
         for layer, fields in zip(self.layers, caches):
-            before_attention, before_mlp = self.norm_pairs(layer)
+            before_attention, before_mlp = self.norms(layer)
             self._add_norm(hidden, added, before_attention, normed)
-            (q, q_stride), (k, v, kv_stride) = self.queries_keys_values(layer, normed)
-            fixed[1] = fields.data_ptr()
-            status = library.tabwrite_layer_attention(q, q_stride, k, v, kv_stride, *fixed, self.scale, threads,
-                                                      mixed.data_ptr())
+            q, k, v = self.queries_keys_values(layer, normed)
+            status = library.tabwrite_layer_attention(
+                q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), shape.data_ptr(),
+                fields.data_ptr(), cos, sin, slots.data_ptr(), slot_of_row.data_ptr(), visible.data_ptr(), self.scale,
+                threads, mixed.data_ptr())
             if status:
                 raise MemoryError("the C attention could not allocate its working memory")
             added = self.output_product(layer)(mixed)
@@ -248,7 +248,8 @@ class StepPlan:
         """[layers, fields] int64: each layer's norms', then its products' addresses (levels, scales, zeros, bias)."""
         rows = []
         for layer in self.layers:
-            fields = [_address(norm) for norm in self.norms(layer)]
+            # RMSNorm's weight (it has no bias), LayerNorm's weight and bias
+            fields = [_address(tensor) for norm in self.norms(layer) for tensor in norm if tensor is not None]
             for projection in self.projections(layer):
                 fields += [projection.packed.data_ptr(), projection.scales.data_ptr(), projection.zeros.data_ptr(),
                            _address(projection.bias)]
@@ -296,18 +297,14 @@ class LlamaPlan(StepPlan):
 
     @staticmethod
     def norms(layer):
-        return [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-
-    @staticmethod
-    def norm_pairs(layer):
+        """The layer's norms as (weight, bias): before attention, before the MLP."""
         return (layer.input_layernorm.weight, None), (layer.post_attention_layernorm.weight, None)
 
-    def queries_keys_values(self, layer, normed):
-        """The dense products' queries, keys and values, as (address, stride) and (address, address, stride)."""
+    @staticmethod
+    def queries_keys_values(layer, normed):
+        """The dense products' queries, keys and values [rows, width each] (keys and values alike in stride)."""
         attention = layer.self_attn
-        self._held = [dense(attention.q_proj)(normed), dense(attention.k_proj)(normed), dense(attention.v_proj)(normed)]
-        q, k, v = self._held
-        return (q.data_ptr(), q.shape[1]), (k.data_ptr(), v.data_ptr(), k.shape[1])
+        return dense(attention.q_proj)(normed), dense(attention.k_proj)(normed), dense(attention.v_proj)(normed)
 
     @staticmethod
     def output_product(layer):
@@ -373,18 +370,13 @@ class GPT2Plan(StepPlan):
 
     @staticmethod
     def norms(block):
-        return [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
-
-    @staticmethod
-    def norm_pairs(block):
+        """The block's norms as (weight, bias): before attention, before the MLP."""
         return (block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias)
 
-    def queries_keys_values(self, block, normed):
-        """The joint product's queries, keys and values side by side in a row: addresses and their row stride."""
-        self._held = [dense(block.attn.c_attn)(normed)]  # kept alive until the attention has read it
-        joint, width = self._held[0], self.heads * self.head_dim
-        at = joint.data_ptr()
-        return (at, 3 * width), (at + 2 * width, at + 4 * width, 3 * width)  # bytes: bfloat16 is 2 each
+    @staticmethod
+    def queries_keys_values(block, normed):
+        """The joint product's queries, keys and values: views of its rows, side by side in each."""
+        return dense(block.attn.c_attn)(normed).chunk(3, dim=1)
 
     @staticmethod
     def output_product(block):

@@ -618,43 +618,38 @@ class Engine:
         sampling one by one took about a quarter of a step.
         """
         logits = logits.float()
-        chosen, first, alike = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device), 0, {}
+        spans, at = [], 0  # each generation's rows
         for generation in generations:
-            rows = slice(first, first + len(generation.options))
-            first = rows.stop
+            spans.append(slice(at, at + len(generation.options)))
+            at += len(generation.options)
+        chosen, alike = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device), {}
+        for generation, rows in zip(generations, spans):
             if self._samples_plainly(generation):
                 alike.setdefault(_sampling_key(generation.settings), []).append((generation, rows))
             else:
                 chosen[rows] = self._choose(generation, logits[rows])
         for members in alike.values():
-            settings = members[0][0].settings
-            together = _rows_of(logits, [rows for _, rows in members])
+            settings, together = members[0][0].settings, _rows_of(logits, [rows for _, rows in members])
             if is_greedy(settings):
                 picks = together.argmax(dim=-1)
             else:
-                ids, probabilities, picks, at = *candidates(together, settings), [], 0
-                for generation, rows in members:
-                    count = rows.stop - rows.start
-                    drawn = torch.multinomial(probabilities[at:at + count], num_samples=1,
-                                              generator=generation.generator)
-                    picks.append(ids[at:at + count].gather(-1, drawn)[:, 0])
-                    at += count
-                picks = torch.cat(picks)
+                ids, probabilities = candidates(together, settings)
             at = 0
-            for _, rows in members:
-                chosen[rows] = picks[at:at + rows.stop - rows.start]
-                at += rows.stop - rows.start
-        logprobs, chosen, first, deltas = _logprobs_of(logits, chosen), chosen.tolist(), 0, []
-        for generation in generations:
-            rows = slice(first, first + len(generation.options))
-            first = rows.stop
-            deltas.append(self._record_choices(generation, chosen[rows], logprobs[rows]))
-        return deltas
+            for generation, rows in members:
+                mine = slice(at, at + rows.stop - rows.start)  # its rows in `together`
+                at = mine.stop
+                if is_greedy(settings):
+                    chosen[rows] = picks[mine]
+                else:
+                    drawn = torch.multinomial(probabilities[mine], num_samples=1, generator=generation.generator)
+                    chosen[rows] = ids[mine].gather(-1, drawn)[:, 0]
+        logprobs, chosen = _logprobs_of(logits, chosen), chosen.tolist()
+        return [self._record_choices(generation, chosen[rows], logprobs[rows])
+                for generation, rows in zip(generations, spans)]
 
     def _samples_plainly(self, generation):
         """Whether a generation's choice is its settings' alone (no repeat ban, no healing mask to apply)."""
-        return not generation.settings.no_repeat_ngram and not any(
-            option.heal and option.finish is None for option in generation.options)
+        return not generation.settings.no_repeat_ngram and not _heals(generation.options)
 
     def _choose(self, generation, logits):
         """A token id per option (row of `logits`), as its settings, repeat ban and token healing say."""
@@ -705,7 +700,7 @@ class Engine:
         return delta
 
     def _healing_mask(self, options, vocab):
-        if not any(option.heal and option.finish is None for option in options):
+        if not _heals(options):
             return None
         rows = [self.healer.mask(option.heal, vocab) if option.heal and option.finish is None
                 else torch.zeros(vocab, dtype=torch.bool) for option in options]
@@ -797,6 +792,11 @@ class Engine:
 def _logprobs_of(logits, chosen):
     """The model's own log-probability of each row's chosen token (before temperature and the rest), as a list."""
     return torch.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
+
+
+def _heals(options):
+    """Whether any live option is still re-spelling the user's last word (token healing constrains its choice)."""
+    return any(option.heal and option.finish is None for option in options)
 
 
 def _rows_of(tensor, slices):

@@ -51,16 +51,14 @@ def candidates(logits, settings):
     reach p. Tokens cut by top-p stay in the set with probability 0.
     """
     vocab = logits.shape[-1]
+    # chosen and sorted before the temperature divides (it keeps the order): with top-k only k values a row are divided
     if 0 < settings.top_k < vocab:
-        # the k likeliest, sorted; dividing by the temperature keeps the order, so only k values a row are divided
-        logits, ids = torch.topk(logits, settings.top_k, dim=-1)
-        return ids, torch.softmax(keep_top_p(logits.float() / settings.temperature, settings.top_p), dim=-1)
-    logits = logits.float() / settings.temperature
-    if settings.top_p < 1.0:
+        logits, ids = torch.topk(logits, settings.top_k, dim=-1)  # sorted, likeliest first
+    elif settings.top_p < 1.0:
         logits, ids = torch.sort(logits, descending=True, dim=-1)
     else:
         ids = torch.arange(vocab, device=logits.device).expand_as(logits)
-    return ids, torch.softmax(keep_top_p(logits, settings.top_p), dim=-1)
+    return ids, torch.softmax(keep_top_p(logits.float() / settings.temperature, settings.top_p), dim=-1)
 
 
 def keep_top_p(logits, p):

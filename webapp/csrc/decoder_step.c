@@ -165,6 +165,25 @@ static void room_for_attention(attention_room *room, const int64_t *shape, int *
 #pragma omp barrier
 }
 
+/* In the parallel region: a layer's attention after its products. Llama's rotary embedding on the batch rows'
+   queries (q + b x q_stride) and keys where cos is not NULL, the keys and values (k and v + b x kv_stride) written
+   into the cache (the layer's 8 fields), attention into out [rows, heads x dim]. */
+static void attend(const step *s, const int64_t *cache, uint16_t *q, long q_stride, uint16_t *k, uint16_t *v,
+                   long kv_stride, const uint16_t *cos, const uint16_t *sin, const attention_room *room,
+                   float *partials, int threads, uint16_t *out) {
+    int heads = s->shape[HEADS], kv_heads = s->shape[KV_HEADS], dim = s->shape[HEAD_DIM];
+    if (cos) {
+#pragma omp for schedule(static)
+        for (int b = 0; b < s->shape[ROWS]; b++) {
+            rotate(q + b * q_stride, heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+            rotate(k + b * kv_stride, kv_heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
+        }
+    }
+#pragma omp single
+    write_columns(s, cache, k, v, kv_stride);
+    tabwrite_attention(s, cache, q, q_stride, room, partials, threads, out);
+}
+
 /* A layer's norm of one row: RMSNorm (bias unused) or LayerNorm. */
 typedef void (*row_norm)(const uint16_t *x, int width, const uint16_t *weight, const uint16_t *bias, float epsilon,
                          uint16_t *y);
@@ -218,15 +237,8 @@ int tabwrite_llama_step(uint16_t *hidden, const int64_t *shape, const int64_t *t
                              packed_at(layer + LLAMA_V, width, kv)};
             uint16_t *qkv_out[3] = {m.q, m.k, m.v};
             products(qkv, qkv_out, 3, &m.x, rows);
-#pragma omp single
-            {
-                for (int b = 0; b < rows; b++) {
-                    rotate(m.q + (size_t)b * attention, heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
-                    rotate(m.k + (size_t)b * kv, kv_heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
-                }
-                write_columns(&s, layer + LLAMA_CACHE, m.k, m.v, kv);
-            }
-            tabwrite_attention(&s, layer + LLAMA_CACHE, m.q, attention, &room, m.partials, threads, m.mixed);
+            attend(&s, layer + LLAMA_CACHE, m.q, attention, m.k, m.v, kv, cos, sin, &room, m.partials, threads,
+                   m.mixed);
             add_product(hidden, m.mixed, packed_at(layer + LLAMA_O, attention, width), &m, rows);
             norm_rows(rms_norm_row, hidden, shape, layer + LLAMA_POST_NORM, NULL, epsilon, &m);
             packed mlp[2] = {packed_at(layer + LLAMA_GATE, width, wide), packed_at(layer + LLAMA_UP, width, wide)};
@@ -260,9 +272,8 @@ int tabwrite_gpt2_step(uint16_t *hidden, const int64_t *shape, const int64_t *ta
             norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_1, layer + GPT2_LN_1_BIAS, epsilon, &m);
             packed qkv = packed_at(layer + GPT2_QKV, width, 3 * attention);  /* q, k and v side by side in a row */
             products(&qkv, &m.q, 1, &m.x, rows);
-#pragma omp single
-            write_columns(&s, layer + GPT2_CACHE, m.q + attention, m.q + 2 * attention, 3 * attention);
-            tabwrite_attention(&s, layer + GPT2_CACHE, m.q, 3 * attention, &room, m.partials, threads, m.mixed);
+            attend(&s, layer + GPT2_CACHE, m.q, 3 * attention, m.q + attention, m.q + 2 * attention, 3 * attention,
+                   NULL, NULL, &room, m.partials, threads, m.mixed);
             add_product(hidden, m.mixed, packed_at(layer + GPT2_PROJECTION, attention, width), &m, rows);
             norm_rows(layer_norm_row, hidden, shape, layer + GPT2_LN_2, layer + GPT2_LN_2_BIAS, epsilon, &m);
             packed fc = packed_at(layer + GPT2_FC, width, wide);
@@ -300,33 +311,19 @@ void tabwrite_gelu_tanh(uint16_t *x, long n, int threads) {
     for (long i = 0; i < n; i += chunk) gelu_tanh(x + i, n - i < chunk ? n - i : chunk);
 }
 
-/* One layer's attention, between its products: Llama's rotary embedding on the batch rows' queries (q + b x
-   q_stride) and keys where cos is not NULL, the keys and values (k and v + b x kv_stride) written into the cache
-   (the layer's 8 fields), attention into out [rows, heads x dim]. 0, or -1 when out of memory. */
+/* One layer's attention, between its products (see attend). 0, or -1 when out of memory. */
 int tabwrite_layer_attention(uint16_t *q, long q_stride, uint16_t *k, uint16_t *v, long kv_stride,
                              const int64_t *shape, const int64_t *cache, const uint16_t *cos, const uint16_t *sin,
                              const int64_t *slots, const int64_t *slot_of_row, const uint8_t *visible, float scale,
                              int threads, uint16_t *out) {
     step s = {shape, slots, slot_of_row, visible, scale};
-    int rows = shape[ROWS], heads = shape[HEADS], kv_heads = shape[KV_HEADS], dim = shape[HEAD_DIM];
     float *partials = tabwrite_attention_partials(shape, threads);
     int failed = partials == NULL;
 #pragma omp parallel num_threads(threads) if (!failed)
     {
         attention_room room;
         room_for_attention(&room, shape, &failed);
-        if (!failed) {
-            if (cos) {
-#pragma omp for schedule(static)
-                for (int b = 0; b < rows; b++) {
-                    rotate(q + b * q_stride, heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
-                    rotate(k + b * kv_stride, kv_heads, dim, cos + (size_t)b * dim, sin + (size_t)b * dim);
-                }
-            }
-#pragma omp single
-            write_columns(&s, cache, k, v, kv_stride);
-            tabwrite_attention(&s, cache, q, q_stride, &room, partials, threads, out);
-        }
+        if (!failed) attend(&s, cache, q, q_stride, k, v, kv_stride, cos, sin, &room, partials, threads, out);
         tabwrite_free_attention_room(&room);
     }
     free(partials);
