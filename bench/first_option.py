@@ -50,11 +50,11 @@ def parse_args():
     return parser.parse_args()
 
 
-def load_tokenizer_and_model(name, dtype):
+def load_tokenizer_and_model(name, dtype, device="cpu"):
     from webapp.config import cache_dir
     from webapp.models import load_model, resolve_model
 
-    return load_model(resolve_model(name), device="cpu", dtype=dtype, cache_root=cache_dir({}))
+    return load_model(resolve_model(name), device=device, dtype=dtype, cache_root=cache_dir({}))
 
 
 def document(tokenizer, tokens, trial):
@@ -64,15 +64,17 @@ def document(tokenizer, tokens, trial):
     return tokenizer.decode(ids)
 
 
-def start_server(model, dtype):
+def start_server(model, dtype, device="cpu", flags=()):
+    """A server on a free loopback port (`flags`: more of its command-line flags); (process, url) once ready."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "webapp", "--model", model, "--dtype", dtype, "--port", str(port),
-                                "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen([sys.executable, "-m", "webapp", "--model", model, "--dtype", dtype, "--device", device,
+                                "--port", str(port), "--log-level", "WARNING", *flags], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -149,11 +151,13 @@ def measure_baseline(loaded, texts, n, length):
         out = loaded.model.generate(**ids, do_sample=True, num_return_sequences=n, max_new_tokens=tokens,
                                     min_new_tokens=tokens, top_k=40, top_p=0.95, temperature=0.8,
                                     pad_token_id=min(loaded.eos_ids))
+        if out.is_cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - started, (out.shape[1] - ids["input_ids"].shape[1]) * n
 
     rows = []
     for i, text in enumerate(texts):
-        ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.device)
         one, _ = generate(ids, 1, i)
         elapsed, new_tokens = generate(ids, length, i)
         rows.append({"first_delta_ms": elapsed * 1000, "complete_ms": elapsed * 1000,

@@ -35,6 +35,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda: the server's and the baseline's")
+    parser.add_argument("--cuda-graphs", default="auto", help="the server's --cuda-graphs (auto, eager, off)")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--clients", default="1,8,30")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -111,9 +113,9 @@ def baseline_clients(loaded, texts):
             "tokens_per_s": tokens / (clock / 1000)}
 
 
-def memory_bandwidth_gb_s(megabytes=512, repeats=5):
-    """Bytes moved per second by a large tensor copy (read + write), the best of a few runs."""
-    source = torch.ones(megabytes << 18)  # float32: 4 bytes each
+def memory_bandwidth_gb_s(device="cpu", megabytes=512, repeats=5):
+    """Bytes moved per second by a large tensor copy (read + write) on `device`, the best of a few runs."""
+    source = torch.ones(megabytes << 18, device=device)  # float32: 4 bytes each
     target = torch.empty_like(source)
     best = min(timed(lambda: target.copy_(source)) for _ in range(repeats))
     return 2 * source.numel() * 4 / best / 1e9
@@ -121,7 +123,9 @@ def memory_bandwidth_gb_s(megabytes=512, repeats=5):
 
 def timed(call):
     began = time.perf_counter()
-    call()
+    result = call()
+    if isinstance(result, torch.Tensor) and result.is_cuda:
+        torch.cuda.synchronize()  # the copy was only queued
     return time.perf_counter() - began
 
 
@@ -153,12 +157,15 @@ def weight_bytes(model):
 
 def main():
     args = parse_args()
-    from webapp.models import pick_dtype, resolve_model
+    from webapp.models import pick_device, pick_dtype, resolve_model
 
-    dtype = pick_dtype(args.dtype, "cpu", resolve_model(args.model))  # what the server's --dtype would pick
-    loaded = single.load_tokenizer_and_model(args.model, dtype)
-    process, url = single.start_server(args.model, dtype)
-    results = {"machine": single.machine(), "model": loaded.name, "format": dtype, "n": N, "length": LENGTH,
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device, resolve_model(args.model))  # what the server's --dtype would pick
+    loaded = single.load_tokenizer_and_model(args.model, dtype, device)
+    process, url = single.start_server(args.model, dtype, device, ["--cuda-graphs", args.cuda_graphs])
+    machine = single.machine() + (f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else "")
+    results = {"machine": machine, "device": device, "cuda_graphs": args.cuda_graphs, "model": loaded.name,
+               "format": dtype, "n": N, "length": LENGTH,
                "trials": args.trials, "documents": [], "extend": {}, "clients": [], "floor": {}}
     try:
         single.measure_socket(url, documents(loaded.tokenizer, 50, 1, 900), N, LENGTH)  # warm up
@@ -183,7 +190,7 @@ def main():
     finally:
         process.terminate()
         process.wait()
-    bandwidth = memory_bandwidth_gb_s()
+    bandwidth = memory_bandwidth_gb_s(device)
     step_ms = next(d for d in results["documents"] if d["tokens"] == 300)["cold"]["ms_per_step"]["p50"]
     floor_ms = weight_bytes(loaded.model) / (bandwidth * 1e9) * 1000
     results["floor"] = {"weight_mb": weight_bytes(loaded.model) / 2**20, "bandwidth_gb_s": bandwidth,
@@ -197,7 +204,9 @@ def main():
 
 
 def markdown(r):
-    lines = [f"Machine: {r['machine']}", f"Model: {r['model']} ({r['format']}); {r['n']} options of {r['length']} "
+    lines = [f"Machine: {r['machine']}",
+             f"Model: {r['model']} ({r['format']}, {r['device']}, --cuda-graphs {r['cuda_graphs']}); "
+             f"{r['n']} options of {r['length']} "
              f"tokens; {r['trials']} trials per row; baseline: generate(num_return_sequences={r['n']}) per request", "",
              "| document | Tab → first text p50 / p95, cold | primed | baseline (first text = complete) | ratio cold "
              "| ms per step | complete options | tokens/s (baseline) |", "|---|---|---|---|---|---|---|---|"]

@@ -22,6 +22,8 @@ def build_parser():
                              f"repeat it to serve several, the first being the default (default: {env['MODEL']})")
     parser.add_argument("--device", default=env["DEVICE"], help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, bfloat16, float16, int8 or int4 (CPU)")
+    parser.add_argument("--cuda-graphs", default=env["CUDA_GRAPHS"], choices=settings.GRAPH_MODES,
+                        help="auto: replay decoding steps as CUDA graphs on a CUDA GPU; eager; off")
     parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
     parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
     parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")
@@ -53,7 +55,8 @@ def main(argv=None):
     from .access import ConfigError
     from .models import ModelError
 
-    config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
+    config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "CUDA_GRAPHS": args.cuda_graphs,
+              "HOST": args.host,
               "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet",
               "ACCESS_CODE": args.access_code, "ADMIN_TOKEN": args.admin_token,
               "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database}

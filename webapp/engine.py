@@ -16,6 +16,8 @@ import torch
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from . import decoder_step, fused, kvcache, shared_prompt
+from .config import GRAPH_MODES
+from .fixed_steps import FixedSteps
 from .detokenizer import StreamingDetokenizer
 from .healing import TokenHealer
 from .protocol import BEAM
@@ -151,8 +153,14 @@ def _likelihood(mean_logprob):
 class Engine:
     """Owns one loaded model; call its methods from one thread at a time."""
 
-    def __init__(self, loaded):
-        """Wrap a LoadedModel (see models.py)."""
+    def __init__(self, loaded, graphs="auto"):
+        """Wrap a LoadedModel (see models.py).
+
+        `graphs` says how batched decoding steps run: "auto" as fixed-shape steps replayed
+        as CUDA graphs on a CUDA device (fixed_steps.py), as they come elsewhere; "eager" in
+        fixed shapes without capturing (any device: what the tests check on a CPU); "off"
+        as they come.
+        """
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -169,6 +177,17 @@ class Engine:
         fused.fuse(self.model)
         decoder_step.install(self.model)
         _feed_densely(self.model.get_output_embeddings())
+        self.fixed = self._fixed_steps(graphs)  # None: steps run in the shapes they come in
+
+    def _fixed_steps(self, graphs):
+        """The FixedSteps that `graphs` asks for, or None."""
+        if graphs not in GRAPH_MODES:
+            raise ValueError(f"graphs must be one of {', '.join(GRAPH_MODES)}, not {graphs!r}")
+        if graphs == "off" or (graphs == "auto" and self.device.type != "cuda"):
+            return None
+        if decoder_step.step_plan(self.model.base_model) is not None:
+            return None  # our C step runs these steps on the CPU
+        return FixedSteps(self.model, self.pad_id, capture=graphs != "eager")
 
     # ---- the narrow interface -------------------------------------------------------
 
@@ -302,21 +321,26 @@ class Engine:
         for generation in generations:
             if generation.cache is None:
                 self._rebuild_cache(generation)
-        if len(generations) == 1 and self._stack is None:
+        if len(generations) == 1 and self._stack is None and self.fixed is None:
             return [self._step_alone(generations[0])]
         columns = max(len(g.options) for g in generations)  # each request's row gets as many columns this step
-        stack = self._stack = kvcache.Stack.holding(self._stack, generations, columns)
+        stack = self._stack = kvcache.Stack.holding(self._stack, generations, columns,
+                                                    self.fixed.room if self.fixed else None)
         batch = stack.holders  # the generations in the stack's row order
         lives = [self._live(g) for g in batch]
         owns = [self._own_columns(live, columns) for live in lives]
         feed = torch.cat([self._feed(g) for g in batch])
         positions = torch.cat([g.positions for g in batch])
-        out = self._forward(input_ids=feed, position_ids=positions[:, None], cache=stack.cache(), use_cache=True,
-                            option_rows=self._option_rows(batch, owns, stack.width))
+        option_rows = self._option_rows(batch, owns, stack.width)
+        if self.fixed is not None:
+            logits = self.fixed.logits(stack, feed, positions, option_rows)
+        else:
+            logits = self._forward(input_ids=feed, position_ids=positions[:, None], cache=stack.cache(),
+                                   use_cache=True, option_rows=option_rows).logits[:, -1, :]
         stack.advance(columns)
         for generation, live, own in zip(batch, lives, owns):
             self._advance(generation, live, own)
-        deltas = dict(zip(map(id, batch), self._sample_many(batch, out.logits[:, -1, :])))
+        deltas = dict(zip(map(id, batch), self._sample_many(batch, logits)))
         for generation in batch:
             # one that goes on keeps views into the stack (the next step writes on in it);
             # one that ended gets its own compact copy, to be kept for extend or dropped

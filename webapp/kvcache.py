@@ -187,6 +187,20 @@ def _own(tensor):
     return tensor.contiguous() if not tensor.is_contiguous() else tensor.clone()
 
 
+class Room:
+    """How big a new Stack is made: room for more rows and columns than asked, so that it lasts a while."""
+
+    zeroed = False  # whether its buffers start as zeros (else whatever memory held; padding is zeroed as used)
+
+    def rows(self, rows):
+        """Rows of a new stack that must hold `rows`."""
+        return rows + max(SPARE_ROWS, rows // 2)
+
+    def columns(self, end, columns_a_step):
+        """Columns of a new stack whose members end at `end` and write `columns_a_step` a step."""
+        return end + SPARE_POSITIONS * columns_a_step
+
+
 @dataclass(eq=False)  # members are compared by identity, never by their holders' contents
 class Member:
     """A holder (anything with a `cache`) in a Stack: its rows, its length, and the view it was last given."""
@@ -213,20 +227,25 @@ class Stack:
     joined cost 1 s a step with thirty clients.
     """
 
-    def __init__(self, like, rows, columns):
-        """Empty buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`."""
+    def __init__(self, like, rows, columns, zeroed=False):
+        """Buffers shaped after the cache `like` (a model's kind of cache), with room for `rows` x `columns`.
+
+        Their memory holds whatever it held, unless `zeroed`.
+        """
         self.template = cache_like(like, ((None, None) for _ in like.layers))  # the kind of cache, holding nothing
-        self.keys = [_buffer(layer.keys, rows, columns) for layer in like.layers]
-        self.values = [_buffer(layer.values, rows, columns) for layer in like.layers]
+        self.keys = [_buffer(layer.keys, rows, columns, zeroed) for layer in like.layers]
+        self.values = [_buffer(layer.values, rows, columns, zeroed) for layer in like.layers]
         self.begin = self.end = 0  # the columns in use: where the longest member starts, where every member ends
         self.members = []
 
     @classmethod
-    def holding(cls, stack, holders, columns_a_step=1):
+    def holding(cls, stack, holders, columns_a_step=1, room=None):
         """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it.
 
-        The room kept is for the coming step's `columns_a_step` columns in every row.
+        The room kept is for the coming step's `columns_a_step` columns in every row; a new
+        stack is sized by `room` (a Room).
         """
+        room = room or Room()
         members = stack.members if stack is not None else []
         staying = [m for m in members if m.in_place() and any(m.holder is h for h in holders)]
         for member in members:
@@ -240,7 +259,7 @@ class Stack:
             stack._move_to_front()  # the columns ran out, but those before the longest member are free
             end = stack.end
         if stack is None or not stack._has_room(rows, end, columns_a_step) or (staying and end > stack.end):
-            stack = cls(holders[0].cache, rows + max(SPARE_ROWS, rows // 2), end + SPARE_POSITIONS * columns_a_step)
+            stack = cls(holders[0].cache, room.rows(rows), room.columns(end, columns_a_step), room.zeroed)
             staying, joining = [], list(holders)
         stack._arrange(staying, joining, end)
         return stack
@@ -352,9 +371,9 @@ class Stack:
         return Member(holder, row, rows, length)
 
 
-def _buffer(states, rows, columns):
+def _buffer(states, rows, columns, zeroed=False):
     batch, heads, _, width = states.shape
-    return states.new_empty((rows, heads, columns, width))
+    return (states.new_zeros if zeroed else states.new_empty)((rows, heads, columns, width))
 
 
 def _rows(cache):

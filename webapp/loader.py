@@ -38,6 +38,9 @@ class ModelLoader:
         self.spec = resolve_model(self.requested)
         self.device = pick_device(self.config["DEVICE"])
         self.dtype = pick_dtype(self.config["DTYPE"], self.device, self.spec)
+        if self.config["CUDA_GRAPHS"] not in settings.GRAPH_MODES:
+            raise ModelError(f"--cuda-graphs must be one of {', '.join(settings.GRAPH_MODES)}, "
+                             f"not {self.config['CUDA_GRAPHS']!r}")
 
     def weight_bytes(self):
         """Memory the weights will take, from the model's configuration (nothing is loaded)."""
@@ -51,7 +54,7 @@ class ModelLoader:
             loaded = self.runner.run_blocking(
                 load_model, self.spec, self.device, self.dtype,
                 self.config["MAX_CONTEXT"], settings.cache_dir(self.config))
-            engine = self.runner.run_blocking(Engine, loaded)
+            engine = self.runner.run_blocking(Engine, loaded, self.config["CUDA_GRAPHS"])
             self.runner.run_blocking(engine.warm_up)
         except ModelError as error:
             self.fail(str(error))
@@ -109,7 +112,7 @@ class ModelSet:
         """Serve `models` (LoadedModels, as tests pass) now, or resolve every configured one and load them."""
         if models is not None:
             for loader, model in zip(self.loaders, models):
-                loader.ready(Engine(model), 0.0)
+                loader.ready(Engine(model, loader.config["CUDA_GRAPHS"]), 0.0)
             return
         for loader in self.loaders:
             loader.resolve()  # a bad name, device or dtype never waits for any weights
