@@ -250,3 +250,24 @@ def test_a_class_on_the_real_app_with_fixed_shape_steps_gets_what_it_gets_withou
             app.extensions["tabwrite"].scheduler.stop()
     assert fixed.runs > 0
     assert written["eager"] == written["off"]
+
+
+def test_steps_that_cannot_be_captured_go_on_eagerly_and_say_why_once(plain, embedded, caplog):
+    """Here capturing fails for a real reason (no CUDA in this PyTorch): the class is still served, the same."""
+    engine = Engine(embedded, graphs="eager")
+    engine.fixed.capture = True  # as on a CUDA device
+    settings = [dataclasses.replace(SAMPLED, seed=seed, length=6) for seed in range(3)]
+    texts = ["The weather today is", "Dear diary,", "Once upon a time"]
+    with caplog.at_level("WARNING", logger="webapp.fixed_steps"):
+        generations = [engine.start(text, s)[0] for text, s in zip(texts, settings)]
+        steps = 0
+        while not all(generation.finished for generation in generations):
+            engine.step_many([generation for generation in generations if not generation.finished])
+            steps += 1
+    expected = [plain.start(text, s)[0] for text, s in zip(texts, settings)]
+    step_until_finished(plain, expected)
+    assert tokens(generations) == tokens(expected)
+    assert engine.fixed.capture is False and engine.fixed.captures == 0 and engine.fixed.runs == steps > 3
+    assert "CUDA" in engine.fixed.failure
+    assert [record.message for record in caplog.records].count(
+        f"decoding steps cannot be captured as CUDA graphs ({engine.fixed.failure}); they run without") == 1

@@ -25,6 +25,7 @@ eagerly, which is what lets a CPU check that it computes what the engine's step
 computes and that it never reads a value back mid-step (tests/test_fixed_steps.py).
 """
 import copy
+import logging
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -35,6 +36,8 @@ from .shared_prompt import OptionRows
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # batch sizes (requests) a step is padded to
 COLUMN_QUANTUM = 256  # a new stack's columns are a multiple of this, so that it lasts a while
 WARM_UPS = 2  # eager runs before a capture (cuBLAS and the allocator set themselves up on first use)
+
+log = logging.getLogger(__name__)
 
 
 def bucket(requests):
@@ -125,6 +128,7 @@ class FixedSteps:
         self._shapes = {}  # (requests bucket, options) -> Shape, for self._stack
         self._pool = None  # the graphs' memory, shared between them
         self.captures = self.replays = self.runs = 0  # what happened so far (tests and benchmarks read them)
+        self.failure = None  # why capturing was given up, if it was
 
     def logits(self, stack, feed, positions, option_rows):
         """A step's logits [rows, vocab] for the batch's rows; their keys and values are written into `stack`.
@@ -141,10 +145,9 @@ class FixedSteps:
             shape = self._shapes[key] = Shape(stack, *key, self.pad_id)
         slots = shape.fill(stack, feed, positions, option_rows)
         if not self.capture:
-            self.runs += 1
-            shape.run(self.model)
+            self._run_eagerly(shape)
         elif shape.graph is None:
-            self._capture(shape)
+            self._capture_or_give_up(shape)
         else:
             self.replays += 1
             shape.graph.replay()
@@ -153,6 +156,25 @@ class FixedSteps:
     def shapes(self):
         """The (requests bucket, options) shapes made for the current stack."""
         return sorted(self._shapes)
+
+    def _capture_or_give_up(self, shape):
+        """Capture `shape`'s graph; if that fails, say why once and run every step eagerly from now on.
+
+        A model whose pass cannot be captured (an operation that reads a value back, one
+        CUDA graphs do not support) still serves, in fixed shapes, only slower.
+        """
+        try:
+            self._capture(shape)
+        except Exception as error:
+            self.capture, self.failure = False, f"{type(error).__name__}: {error}"
+            self._shapes = {}  # drop any graph half made; eager shapes are made afresh
+            log.warning("decoding steps cannot be captured as CUDA graphs (%s); they run without", self.failure)
+            self._run_eagerly(shape)
+
+    def _run_eagerly(self, shape):
+        """Run `shape`'s step as it is, uncaptured (its inputs filled)."""
+        self.runs += 1
+        return shape.run(self.model)
 
     def _capture(self, shape):
         """Record `shape`'s step as a CUDA graph, after warm-up runs, and replay it once for this step's logits.
