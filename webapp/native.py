@@ -79,6 +79,8 @@ def library():
     lib.tabwrite_rms_norm.restype = None
     lib.tabwrite_silu_mul.argtypes = [pointer, pointer, ctypes.c_long, pointer, number]
     lib.tabwrite_silu_mul.restype = None
+    lib.tabwrite_rotary.argtypes = [pointer] * 8 + [number]
+    lib.tabwrite_rotary.restype = None
     lib.tabwrite_llama_step.argtypes = [pointer] * 8 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_gpt2_step.argtypes = [pointer] * 6 + [ctypes.c_float, ctypes.c_float, number]
     lib.tabwrite_tiles_ready.argtypes = []
@@ -223,6 +225,21 @@ def silu_mul(gate, up):
     library().tabwrite_silu_mul(gate.data_ptr(), up.data_ptr(), gate.numel(), outputs.data_ptr(),
                                 torch.get_num_threads())
     return outputs
+
+
+def rotary(x, cos, sin):
+    """Llama's rotary embedding of bfloat16 `x` [batch, heads, positions, dim] by cos and sin [batch, positions, dim].
+
+    `x` may be a transposed view (dim contiguous, a multiple of 32); the result has its layout.
+    """
+    out = torch.empty_like(x)
+    strides = [torch.tensor(tensor.stride()[:3]) for tensor in (x, out)]
+    batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0  # one batch of positions for every row
+    cos_strides, shape = torch.tensor([batch_stride, cos.stride(1)]), torch.tensor(x.shape)
+    library().tabwrite_rotary(x.data_ptr(), strides[0].data_ptr(), out.data_ptr(), strides[1].data_ptr(),
+                              cos.data_ptr(), sin.data_ptr(), cos_strides.data_ptr(), shape.data_ptr(),
+                              torch.get_num_threads())
+    return out
 
 
 def _address(tensor):

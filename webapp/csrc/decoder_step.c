@@ -96,23 +96,9 @@ static void gelu_tanh(uint16_t *x, long n) {
     }
 }
 
-/* transformers' apply_rotary_pos_emb on one row's heads [heads, dim], in place: x cos + rotate_half(x) sin, each
-   product and the sum rounded to bfloat16 as its three tensor operations do. */
+/* transformers' apply_rotary_pos_emb on one row's heads [heads, dim], in place (rotary.c). */
 static void rotate(uint16_t *x, int heads, int dim, const uint16_t *cos, const uint16_t *sin) {
-    int half = dim / 2;
-    for (int h = 0; h < heads; h++) {
-        uint16_t *head = x + (size_t)h * dim;
-        for (int d = 0; d < half; d += 16) {
-            __m512 low = load_bf16(head + d), high = load_bf16(head + half + d);
-            __m512 new_low = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(low, load_bf16(cos + d))),
-                                           rounded_to_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), high),
-                                                                         load_bf16(sin + d))));
-            __m512 new_high = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(high, load_bf16(cos + half + d))),
-                                            rounded_to_bf16(_mm512_mul_ps(low, load_bf16(sin + half + d))));
-            _mm256_storeu_si256((__m256i *)(head + d), (__m256i)_mm512_cvtneps_pbh(new_low));
-            _mm256_storeu_si256((__m256i *)(head + half + d), (__m256i)_mm512_cvtneps_pbh(new_high));
-        }
-    }
+    tabwrite_rotate_heads(x, dim, x, dim, heads, dim, cos, sin);
 }
 
 /* The step's keys and values (batch row b's at k + b x stride, heads of `dim` after each other) into their

@@ -34,6 +34,11 @@ void tabwrite_rms_norm_row(const uint16_t *x, int width, const uint16_t *weight,
 /* out [n] = bf16(bf16(silu(gate)) x up) (silu_mul.c), n a multiple of 16, on the calling thread. */
 void tabwrite_silu_mul_range(const uint16_t *gate, const uint16_t *up, long n, uint16_t *out);
 
+/* Llama's rotary embedding of one position's `heads` heads of `dim` (rotary.c): out = x cos + rotate_half(x) sin,
+   rounded as transformers rounds it; heads `x_head` and `out_head` apart; out may be x. */
+void tabwrite_rotate_heads(const uint16_t *x, long x_head, uint16_t *out, long out_head, int heads, int dim,
+                           const uint16_t *cos, const uint16_t *sin);
+
 /* e^x in float32: 2^n times a polynomial on [-ln2/2, ln2/2] (Cephes' coefficients); 0 below -87, inf above 88.7. */
 static inline __m512 exp_ps(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
