@@ -14,16 +14,21 @@ LAYERS, HEADS, WIDTH = 2, 2, 4
 class Holder(SimpleNamespace):
     """A request in the stack: its cache, and the keys it should hold (what was written for it, in order)."""
 
-    def __init__(self, rows, length, rng):
+    def __init__(self, rows, length, rng, uneven=False):
         truth = torch.tensor([[rng.random() for _ in range(length)] for _ in range(rows)])
-        super().__init__(truth=truth, cache=cache_of(truth))
+        super().__init__(truth=truth, cache=cache_of(truth, uneven))
 
 
-def cache_of(truth):
+def heads(index, uneven):
+    """Key heads of layer `index`: the same in every layer, or (`uneven`) more in each, as the stack must also take."""
+    return HEADS + index if uneven else HEADS
+
+
+def cache_of(truth, uneven=False):
     """A batch of `truth`'s rows, every key and value of a position equal to that position's number (+1 for values)."""
     cache = DynamicCache()
-    states = truth[:, None, :, None].expand(-1, HEADS, -1, WIDTH).contiguous()
     for index in range(LAYERS):
+        states = truth[:, None, :, None].expand(-1, heads(index, uneven), -1, WIDTH).contiguous()
         cache.update(states + index, states + index + 1, index)
     return cache
 
@@ -33,14 +38,18 @@ def write_a_step(stack, rng, columns=1):
     rows = sum(member.rows for member in stack.members)
     new = torch.tensor([[rng.random() for _ in range(columns)] for _ in range(rows)])
     merged = stack.cache()
-    states = new[:, None, :, None].expand(-1, HEADS, columns, WIDTH)
     for index, layer in enumerate(merged.layers):
+        states = new[:, None, :, None].expand(-1, layer.keys.shape[1], columns, WIDTH)
         layer.update(states + index, states + index + 1)
     stack.advance(columns)
     for member in stack.members:
         holder, part = member.holder, new[member.first:member.first + member.rows]
         holder.truth = torch.cat([holder.truth, part], dim=1)
         holder.cache = stack.cut(holder)
+        for index, layer in enumerate(holder.cache.layers):  # views of its rows and columns in every layer
+            expected = holder.truth[:, None, :, None].expand(-1, layer.keys.shape[1], -1, WIDTH) + index
+            assert torch.equal(layer.keys, expected) and torch.equal(layer.values, expected + 1)
+            assert layer.keys.untyped_storage().data_ptr() == stack.keys[index].untyped_storage().data_ptr()
 
 
 def assert_holds_exactly(stack):
@@ -50,7 +59,7 @@ def assert_holds_exactly(stack):
         assert member.length == length
         for index in range(LAYERS):
             keys, values = stack.keys[index][rows], stack.values[index][rows]
-            expected = holder.truth[:, None, :, None].expand(-1, HEADS, -1, WIDTH) + index
+            expected = holder.truth[:, None, :, None].expand(-1, keys.shape[1], -1, WIDTH) + index
             assert torch.equal(keys[:, :, stack.end - length:stack.end], expected)
             assert torch.equal(values[:, :, stack.end - length:stack.end], expected + 1)
             assert not keys[:, :, stack.begin:stack.end - length].any(), "padding is zeros (0 x garbage is NaN)"
@@ -73,8 +82,9 @@ def test_a_newcomer_longer_than_what_is_left_after_moving_to_the_front_gets_a_bi
     assert_holds_exactly(stack)
 
 
+@pytest.mark.parametrize("uneven", [False, True], ids=["layers alike (one buffer)", "layers of their own shapes"])
 @pytest.mark.parametrize("columns", [1, 3], ids=["a column a step", "a column per option (three) a step"])
-def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypatch, columns):
+def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypatch, columns, uneven):
     monkeypatch.setattr(kvcache, "SPARE_POSITIONS", 8)
     monkeypatch.setattr(kvcache, "SPARE_ROWS", 2)
     rng = random.Random(1)
@@ -83,11 +93,13 @@ def test_any_sequence_of_joins_leaves_and_steps_keeps_every_row_exactly(monkeypa
         if writing and rng.random() < 0.25:  # someone finishes or is cancelled
             writing.pop(rng.randrange(len(writing)))
         if len(writing) < 6 and rng.random() < 0.35:  # someone new presses Tab
-            writing.insert(rng.randrange(len(writing) + 1), Holder(rng.randint(1, 3), rng.randint(1, 40), rng))
+            writing.insert(rng.randrange(len(writing) + 1),
+                           Holder(rng.randint(1, 3), rng.randint(1, 40), rng, uneven))
         if not writing:
             stack = None
             continue
         stack = kvcache.Stack.holding(stack, writing, columns)
+        assert (stack.all_keys is None) == uneven, "one buffer for all layers where their shapes are alike"
         moves, last = moves + (stack.keys[0] is not last), stack.keys[0]
         assert {id(member.holder) for member in stack.members} == {id(holder) for holder in writing}
         assert_holds_exactly(stack)
