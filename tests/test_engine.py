@@ -520,6 +520,7 @@ def test_when_the_stacks_columns_run_out_the_ones_in_use_move_to_its_front(engin
     texts = ["My favourite recipe for a cold winter evening needs a few things from the market", "Dear diary,"]
     settings = [dataclasses.replace(GREEDY, n=1, length=4), dataclasses.replace(GREEDY, n=2, length=30)]
     alone = [[o.tokens for o in run(engine, text, s)[0].options] for text, s in zip(texts, settings)]
+    engine._spare = None  # a stack made for these two (not an earlier test's, with room to spare)
     long_one, short_one = (engine.start(text, s)[0] for text, s in zip(texts, settings))
     engine.step_many([long_one, short_one])
     buffer, moved = engine._stack.keys[0], False
@@ -710,3 +711,21 @@ def test_a_batched_step_samples_each_generation_as_it_would_alone(engine):
         assert [option.logprob for option in mine.options] == [option.logprob for option in yours.options]
     # the seeded ones did draw: their options differ
     assert len({tuple(option.tokens) for option in together[0].options}) > 1
+
+
+def test_the_next_class_writes_in_the_memory_of_the_last_ones_stack(engine):
+    settings = dataclasses.replace(GREEDY, n=2, length=5)
+    texts = ["The weather today is", "Dear diary,", "In 1969 the first people walked on the", "Once upon a time",
+             "The committee decided"]
+    alone = [[o.tokens for o in run(engine, text, settings)[0].options] for text in texts]
+    first = [engine.start(text, settings)[0] for text in texts[:3]]
+    while not all(g.finished for g in first):
+        engine.step_many([g for g in first if not g.finished])
+    spare = engine._spare
+    assert engine._stack is None and spare is not None and all(owns_its_memory(g.cache) for g in first)
+    second = [engine.start(text, settings)[0] for text in texts[3:]]
+    engine.step_many(second, joining=1)
+    assert engine._stack is spare and engine._spare is None, "no new memory: the last class's stack"
+    while not all(g.finished for g in second):
+        engine.step_many([g for g in second if not g.finished])
+    assert [[o.tokens for o in g.options] for g in first + second] == alone

@@ -295,9 +295,9 @@ def counting_calls(engine, name):
     """The size of every call to `engine.<name>` (the real engine runs; the test only counts)."""
     sizes, real = [], getattr(engine, name)
 
-    def recording(items):
+    def recording(items, *more):
         sizes.append(len(items))
-        return real(items)
+        return real(items, *more)
 
     setattr(engine, name, recording)
     try:
@@ -318,6 +318,46 @@ def test_requests_of_several_clients_share_each_forward_pass(embedded_app):
     alone = connect(embedded_app)
     alone.emit("suggest", {"id": "a", "text": texts[1], "settings": {**GREEDY, "length": 12, "n": 2}})
     assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[1]["options"]
+
+
+def test_a_class_read_in_several_passes_writes_in_one_stack_made_for_all_of_it(embedded_app, monkeypatch):
+    from webapp import scheduler
+
+    # passes of two prompts, one pass between steps: the class joins the writing two by two
+    engine = embedded_app.extensions["tabwrite"].scheduler.engine
+    monkeypatch.setattr(scheduler, "PREFILL_SLICE", 0.001)
+    monkeypatch.setattr(scheduler, "READ_TOGETHER_WORK", engine.loaded.parameters * 20)
+    told, stacks = [], []
+    start_many, step_many = engine.start_many, engine.step_many
+
+    def slow_first_read(requests):
+        if not told and not stacks:
+            time.sleep(0.5)  # while the first prompt is read, the rest of the class arrives
+            stacks.append(None)
+        return start_many(requests)
+
+    def recording(generations, joining=0):
+        told.append((len(generations), joining))
+        deltas = step_many(generations, joining)
+        if engine._stack is not None and all(engine._stack is not stack for stack in stacks):
+            stacks.append(engine._stack)
+        return deltas
+
+    engine.start_many, engine.step_many = slow_first_read, recording
+    try:
+        clients = [connect(embedded_app) for _ in range(12)]  # more than a stack's spare rows (8)
+        texts = [f"Student {i} writes that the river" for i in range(12)]
+        for i, (client, text) in enumerate(zip(clients, texts)):
+            client.emit("suggest", {"id": f"r{i}", "text": text, "settings": {**GREEDY, "length": 10, "n": 2}})
+        results = [payloads(wait_for(client, f"r{i}"), "done", f"r{i}")[0] for i, client in enumerate(clients)]
+    finally:
+        del engine.start_many, engine.step_many
+    assert sum(told[0]) == 12 and told[0][1] >= 8, f"the first step knew the rest of the class was coming: {told}"
+    made = stacks[1:]
+    assert len(made) == 1 and made[0].keys[0].shape[0] >= 12, "one stack, made with rows for all twelve"
+    alone = connect(embedded_app)
+    alone.emit("suggest", {"id": "a", "text": texts[5], "settings": {**GREEDY, "length": 10, "n": 2}})
+    assert payloads(wait_for(alone, "a"), "done", "a")[0]["options"] == results[5]["options"]
 
 
 def test_new_requests_that_read_little_are_read_in_one_pass(embedded_app):

@@ -67,6 +67,7 @@ def test_a_class_joining_and_leaving_writes_with_fixed_shapes_what_it_writes_wit
     settings[4] = dataclasses.replace(GREEDY, n=2, length=6)
     written = []
     for engine in (plain, fixed):
+        engine._spare = None  # stacks of this class's own (an earlier test's would have room to spare)
         recorded = record_logits(engine)
         first, short, late, longest, greedy = (engine.start(text, s)[0] for text, s in zip(texts, settings))
         engine.step_many([first, short])
@@ -83,6 +84,12 @@ def test_a_class_joining_and_leaving_writes_with_fixed_shapes_what_it_writes_wit
         assert torch.allclose(ours, theirs, atol=2e-4, rtol=0), (ours - theirs).abs().max()
     # the last stack's shapes: four requests, then two, then one (three were padded to four in it)
     assert fixed.fixed.shapes() == [(1, 3), (2, 3), (4, 3)]
+    shapes = dict(fixed.fixed._shapes)
+    next_class = [fixed.start(text, s)[0] for text, s in zip(texts[:3], settings)]
+    step_until_finished(fixed, next_class)
+    assert fixed._spare is fixed.fixed._stack, "the next class wrote in the same stack"
+    assert all(fixed.fixed._shapes[key] is shape for key, shape in shapes.items()), \
+        "and in the same shapes (on a GPU: the same captured graphs)"
 
 
 def record_logits(engine):
@@ -117,6 +124,7 @@ def test_when_the_stacks_columns_run_out_fixed_steps_go_on_in_place_and_in_a_big
     texts = ["My favourite recipe for a cold winter evening needs a few things from the market", "Dear diary,"]
     settings = [dataclasses.replace(GREEDY, n=1, length=3), dataclasses.replace(GREEDY, n=2, length=30)]
     alone = [tokens([run(plain, text, s)[0]]) for text, s in zip(texts, settings)]
+    fixed._spare = None  # stacks made for these two (not an earlier test's, with room to spare)
     long_one, short_one = (fixed.start(text, s)[0] for text, s in zip(texts, settings))
     stacks, moved = [], False
     while not short_one.finished:

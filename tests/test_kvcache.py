@@ -122,3 +122,41 @@ def test_a_lent_layer_writes_after_what_it_lent_in_place_and_over_it_only_in_new
     assert layer.buffers[0] is not buffer, "writing over a lent position goes to new buffers"
     assert torch.equal(lent.layers[0].keys, states), "what was lent is unchanged"
     assert layer.keys[0, 0, :, 0].tolist() == [0, 1, 2, 3, 20]
+
+
+def test_a_new_stack_keeps_rows_for_those_coming_and_a_spare_one_is_taken_when_big_enough():
+    rng = random.Random(2)
+    first = [Holder(1, 10, rng) for _ in range(2)]
+    stack = kvcache.Stack.holding(None, first, coming=20)  # a class: two read, twenty more being read
+    assert stack.keys[0].shape[0] >= 22
+    write_a_step(stack, rng)
+    everyone = first + [Holder(1, rng.randint(3, 10), rng) for _ in range(20)]
+    assert kvcache.Stack.holding(stack, everyone) is stack, "the twenty joined without a new stack"
+    write_a_step(stack, rng)
+    for holder in everyone:  # the class has finished: each keeps its own copy
+        holder.cache = stack.cut(holder, separate=True)
+    spare, rows = stack, stack.keys[0].shape[0]
+    next_class = [Holder(rng.randint(1, 3), rng.randint(1, 30), rng) for _ in range(4)]
+    again = kvcache.Stack.holding(None, next_class, spare=spare)
+    assert again is spare and again.holders == next_class, "the next class's stack is the same memory"
+    assert_holds_exactly(again)
+    write_a_step(again, rng)
+    assert_holds_exactly(again)
+    assert kvcache.Stack.holding(None, [Holder(rows + 1, 5, rng)], spare=spare) is not spare, "too few rows"
+    assert kvcache.Stack.holding(None, [Holder(1, 5, rng, uneven=True)], spare=spare) is not spare, "other shapes"
+
+
+def test_a_spare_stack_taken_for_fixed_shape_steps_starts_zeroed_again():
+    from webapp.fixed_steps import FixedRoom
+
+    rng = random.Random(3)
+    holders = [Holder(1, 20, rng) for _ in range(3)]
+    stack = kvcache.Stack.holding(None, holders, room=FixedRoom())
+    write_a_step(stack, rng)
+    for holder in holders:
+        holder.cache = stack.cut(holder, separate=True)
+    newcomer = Holder(1, 4, rng)
+    again = kvcache.Stack.holding(None, [newcomer], room=FixedRoom(), spare=stack)
+    assert again is stack and again.end == 4
+    assert not again.keys[0][:, :, :again.end - 4].any() and not again.keys[0][1:].any(), "all but its own: zeros"
+    assert_holds_exactly(again)

@@ -17,8 +17,8 @@ from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from . import decoder_step, fused, kvcache, shared_prompt
 from .config import GRAPH_MODES
-from .fixed_steps import FixedSteps
 from .detokenizer import StreamingDetokenizer
+from .fixed_steps import FixedSteps
 from .healing import TokenHealer
 from .protocol import BEAM
 from .sampling import candidates, choose_next_tokens, is_greedy, reshape
@@ -173,6 +173,9 @@ class Engine:
         self.start_id = start if start is not None else self.pad_id
         self._pieces = {}  # token id -> its text
         self._stack = None  # the batched steps' kvcache.Stack, a row per request, kept while anyone in it writes on
+        # the last stack, once nobody used it: the next one reuses its memory (fresh memory costs a page fault each
+        # 4 kB on first touch: a class's stack is hundreds of MB)
+        self._spare = None
         shared_prompt.install(self.model)
         fused.fuse(self.model)
         decoder_step.install(self.model)
@@ -302,17 +305,20 @@ class Engine:
         return self.step_many([generation])[0]
 
     @torch.inference_mode()
-    def step_many(self, generations):
+    def step_many(self, generations, joining=0):
         """One more token for every live option of every generation, in one batched pass; deltas per generation.
 
         Beam-search generations cannot join the batch: each writes its whole step on its own.
+        `joining` counts requests about to join the batch (read, not yet writing: a class
+        that pressed Tab at once): a new stack keeps rows for them, so that it is not made
+        again, everyone copied, each time a few more arrive.
         """
         beams = {id(g): self._write_beams(g) for g in generations if g.settings.mode == BEAM}
         sampled = [g for g in generations if id(g) not in beams]
-        stepped = iter(self._step_sampled(sampled) if sampled else [])
+        stepped = iter(self._step_sampled(sampled, joining) if sampled else [])
         return [beams[id(g)] if id(g) in beams else next(stepped) for g in generations]
 
-    def _step_sampled(self, generations):
+    def _step_sampled(self, generations, joining=0):
         """One forward pass for every live option of every generation (clients batched); deltas per generation.
 
         The generations' caches live in one kvcache.Stack, left-padded (masked) to the
@@ -325,7 +331,9 @@ class Engine:
             return [self._step_alone(generations[0])]
         columns = max(len(g.options) for g in generations)  # each request's row gets as many columns this step
         stack = self._stack = kvcache.Stack.holding(self._stack, generations, columns,
-                                                    self.fixed.room if self.fixed else None)
+                                                    self.fixed.room if self.fixed else None, joining, self._spare)
+        if stack is self._spare:
+            self._spare = None
         batch = stack.holders  # the generations in the stack's row order
         lives = [self._live(g) for g in batch]
         owns = [self._own_columns(live, columns) for live in lives]
@@ -346,7 +354,7 @@ class Engine:
             # one that ended gets its own compact copy, to be kept for extend or dropped
             generation.cache = stack.cut(generation, separate=generation.finished)
         if all(generation.finished for generation in batch):
-            self._stack = None  # everyone has their own copy: the stack's memory goes
+            self._spare, self._stack = stack, None  # everyone has their own copy: the next stack may take its memory
         return [deltas[id(generation)] for generation in generations]
 
     def _option_rows(self, generations, owns, width):
@@ -580,7 +588,7 @@ class Engine:
                 option.finish = "cancelled"
         kvcache.compact(generation.cache)  # let go of the batch it was stacked in
         if self._stack is not None and not any(member.in_place() for member in self._stack.members):
-            self._stack = None  # nobody writes in it any more: its memory goes
+            self._spare, self._stack = self._stack, None  # nobody writes in it any more: kept for the next stack
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""

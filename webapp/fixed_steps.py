@@ -102,6 +102,10 @@ class Shape:
         self.positions.zero_().index_copy_(0, slots, positions.reshape(-1, 1))
         requests, _, width = option_rows.visible.shape  # width: the stack's columns in use and the step's
         self.visible.zero_()[:requests, :, stack.begin:stack.begin + width] = option_rows.visible
+        # a padding request's queries see one column of their (unused, finite) row: a query that sees nothing can be
+        # NaN in float16 (every score at the mask's minimum overflows), and its keys and values, NaN too, would stay
+        # in the row for a later member, where 0 x NaN spoils a hidden column
+        self.visible[requests:, :, 0] = True
         self.columns.copy_(torch.arange(stack.end, stack.end + self.options, device=self.columns.device))
         return slots
 

@@ -242,11 +242,12 @@ class Stack:
         self.members = []
 
     @classmethod
-    def holding(cls, stack, holders, columns_a_step=1, room=None):
+    def holding(cls, stack, holders, columns_a_step=1, room=None, coming=0, spare=None):
         """A Stack with every holder's cache in it (`stack` itself when it has room); members left out leave it.
 
         The room kept is for the coming step's `columns_a_step` columns in every row; a new
-        stack is sized by `room` (a Room).
+        stack is sized by `room` (a Room), with rows for `coming` more holders besides, or is
+        `spare` (a stack nobody holds views of any more) when that is big enough.
         """
         room = room or Room()
         members = stack.members if stack is not None else []
@@ -262,10 +263,30 @@ class Stack:
             stack._move_to_front()  # the columns ran out, but those before the longest member are free
             end = stack.end
         if stack is None or not stack._has_room(rows, end, columns_a_step) or (staying and end > stack.end):
-            stack = cls(holders[0].cache, room.rows(rows), room.columns(end, columns_a_step), room.zeroed)
+            like = holders[0].cache
+            # a spare stack will do with half the usual room for the steps to come
+            if spare is not None and spare.fits(like, rows + coming, end + SPARE_POSITIONS // 2 * columns_a_step):
+                stack = spare.emptied(room)
+            else:
+                stack = cls(like, room.rows(rows + coming), room.columns(end, columns_a_step), room.zeroed)
             staying, joining = [], list(holders)
         stack._arrange(staying, joining, end)
         return stack
+
+    def fits(self, like, rows, columns):
+        """Whether this stack has `rows` x `columns` of room for caches shaped like `like`'s."""
+        ours = self.keys[0]
+        return (rows <= ours.shape[0] and columns <= ours.shape[2] and len(like.layers) == len(self.keys)
+                and all(layer.keys.shape[1::2] == keys.shape[1::2] and layer.keys.dtype == keys.dtype
+                        and layer.keys.device == keys.device for layer, keys in zip(like.layers, self.keys)))
+
+    def emptied(self, room):
+        """This stack with no members, to be filled again (zeroed, if `room` says so)."""
+        self.members, self.begin, self.end = [], 0, 0
+        if room.zeroed:
+            for buffer in self._buffers():
+                buffer.zero_()
+        return self
 
     @property
     def holders(self):

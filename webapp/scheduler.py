@@ -234,7 +234,9 @@ class Scheduler:
 
     def _step_call(self, tasks):
         """Runs in an OS thread: one more token for every live option of every task, in one pass."""
-        return self.engine.step_many([task.generation for task in tasks])
+        # the other requests (being read, or just started) join the batch soon (the loop waits for this call: its
+        # tasks hold still)
+        return self.engine.step_many([task.generation for task in tasks], len(self.tasks) - len(tasks))
 
     def _send_deltas(self, task, deltas):
         if any(deltas):
