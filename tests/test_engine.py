@@ -729,3 +729,12 @@ def test_the_next_class_writes_in_the_memory_of_the_last_ones_stack(engine):
     while not all(g.finished for g in second):
         engine.step_many([g for g in second if not g.finished])
     assert [[o.tokens for o in g.options] for g in first + second] == alone
+
+
+def test_a_stack_too_big_to_keep_is_let_go(engine, monkeypatch):
+    monkeypatch.setattr("webapp.engine.SPARE_STACK_BYTES", 0)
+    settings = dataclasses.replace(GREEDY, n=2, length=3)
+    generations = [engine.start(text, settings)[0] for text in ("Dear diary,", "Once upon a time")]
+    while not all(g.finished for g in generations):
+        engine.step_many(generations)
+    assert engine._stack is None and engine._spare is None

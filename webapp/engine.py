@@ -26,6 +26,9 @@ from .stopping import StepStop
 
 PRIME_CHUNK = 128  # prompt tokens read per priming call, so that a TAB waits for one chunk at most
 ROOM_STEPS = 8  # the prompt leaves room in the context window for this many length steps
+# A stack nobody uses any more is kept for the next one up to this size (thirty students on the embedded model
+# take about 500 MB; on GPT-2 large, 4 GB, which is let go)
+SPARE_STACK_BYTES = 1 << 30
 DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
 SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
 DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
@@ -354,8 +357,13 @@ class Engine:
             # one that ended gets its own compact copy, to be kept for extend or dropped
             generation.cache = stack.cut(generation, separate=generation.finished)
         if all(generation.finished for generation in batch):
-            self._spare, self._stack = stack, None  # everyone has their own copy: the next stack may take its memory
+            self._stack = None  # everyone has their own copy: the next stack may take its memory
+            self._keep_spare(stack)
         return [deltas[id(generation)] for generation in generations]
+
+    def _keep_spare(self, stack):
+        """Keep `stack`, which nobody uses any more, for the next one to reuse its memory (if not too big)."""
+        self._spare = stack if stack.bytes() <= SPARE_STACK_BYTES else None
 
     def _option_rows(self, generations, owns, width):
         """The OptionRows of a step: every generation's row (left-padded to `width`), its options' queries on it.
@@ -588,7 +596,8 @@ class Engine:
                 option.finish = "cancelled"
         kvcache.compact(generation.cache)  # let go of the batch it was stacked in
         if self._stack is not None and not any(member.in_place() for member in self._stack.members):
-            self._spare, self._stack = self._stack, None  # nobody writes in it any more: kept for the next stack
+            self._keep_spare(self._stack)  # nobody writes in it any more
+            self._stack = None
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""

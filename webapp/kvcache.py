@@ -280,6 +280,10 @@ class Stack:
                 and all(layer.keys.shape[1::2] == keys.shape[1::2] and layer.keys.dtype == keys.dtype
                         and layer.keys.device == keys.device for layer, keys in zip(like.layers, self.keys)))
 
+    def bytes(self):
+        """Memory its buffers take."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self._buffers())
+
     def emptied(self, room):
         """This stack with no members, to be filled again (zeroed, if `room` says so)."""
         self.members, self.begin, self.end = [], 0, 0

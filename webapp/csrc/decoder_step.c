@@ -96,9 +96,9 @@ static void gelu_tanh(uint16_t *x, long n) {
     }
 }
 
-/* transformers' apply_rotary_pos_emb on one row's heads [heads, dim], in place (rotary.c). */
+/* transformers' apply_rotary_pos_emb on one row's heads [heads, dim], in place (kernels.h). */
 static void rotate(uint16_t *x, int heads, int dim, const uint16_t *cos, const uint16_t *sin) {
-    tabwrite_rotate_heads(x, dim, x, dim, heads, dim, cos, sin);
+    rotate_heads(x, dim, x, dim, heads, dim, cos, sin);
 }
 
 /* The step's keys and values (batch row b's at k + b x stride, heads of `dim` after each other) into their

@@ -1,9 +1,11 @@
 /* What the kernels of this folder share: row-level pieces that llama_step.c strings together inside one
-   parallel region, and the float32 e^x of the SiLU and of attention's softmax. */
+   parallel region, the float32 e^x of the SiLU and of attention's softmax, and Llama's rotary embedding. */
 #ifndef TABWRITE_KERNELS_H
 #define TABWRITE_KERNELS_H
 #include <immintrin.h>
 #include <stdint.h>
+
+#include "bf16.h"
 
 #define GROUP 32 /* inputs per activation scale (and per weight scale in 4 bits) */
 #define BLOCK 16 /* outputs a vector holds; weights are laid out and padded per block */
@@ -34,10 +36,6 @@ void tabwrite_rms_norm_row(const uint16_t *x, int width, const uint16_t *weight,
 /* out [n] = bf16(bf16(silu(gate)) x up) (silu_mul.c), n a multiple of 16, on the calling thread. */
 void tabwrite_silu_mul_range(const uint16_t *gate, const uint16_t *up, long n, uint16_t *out);
 
-/* Llama's rotary embedding of one position's `heads` heads of `dim` (rotary.c): out = x cos + rotate_half(x) sin,
-   rounded as transformers rounds it; heads `x_head` and `out_head` apart; out may be x. */
-void tabwrite_rotate_heads(const uint16_t *x, long x_head, uint16_t *out, long out_head, int heads, int dim,
-                           const uint16_t *cos, const uint16_t *sin);
 
 /* e^x in float32: 2^n times a polynomial on [-ln2/2, ln2/2] (Cephes' coefficients); 0 below -87, inf above 88.7. */
 static inline __m512 exp_ps(__m512 x) {
@@ -55,4 +53,27 @@ static inline __m512 exp_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
     return _mm512_scalef_ps(p, n);
 }
+
+/* Llama's rotary embedding of one position's `heads` heads of `dim` (rotary.c, decoder_step.c): out = x cos +
+   rotate_half(x) sin, each product and the sum rounded to bfloat16 as transformers' tensor operations round them;
+   heads `x_head` and `out_head` apart; out may be x. */
+static inline void rotate_heads(const uint16_t *x, long x_head, uint16_t *out, long out_head, int heads, int dim,
+                                const uint16_t *cos, const uint16_t *sin) {
+    int half = dim / 2;
+    for (int h = 0; h < heads; h++) {
+        const uint16_t *head = x + h * x_head;
+        uint16_t *to = out + h * out_head;
+        for (int d = 0; d < half; d += 16) {
+            __m512 low = load_bf16(head + d), high = load_bf16(head + half + d);
+            __m512 new_low = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(low, load_bf16(cos + d))),
+                                           rounded_to_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), high),
+                                                                         load_bf16(sin + d))));
+            __m512 new_high = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(high, load_bf16(cos + half + d))),
+                                            rounded_to_bf16(_mm512_mul_ps(low, load_bf16(sin + half + d))));
+            _mm256_storeu_si256((__m256i *)(to + d), (__m256i)_mm512_cvtneps_pbh(new_low));
+            _mm256_storeu_si256((__m256i *)(to + half + d), (__m256i)_mm512_cvtneps_pbh(new_high));
+        }
+    }
+}
+
 #endif

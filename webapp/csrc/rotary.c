@@ -10,25 +10,6 @@
 #include "bf16.h"
 #include "kernels.h"
 
-void tabwrite_rotate_heads(const uint16_t *x, long x_head, uint16_t *out, long out_head, int heads, int dim,
-                           const uint16_t *cos, const uint16_t *sin) {
-    int half = dim / 2;
-    for (int h = 0; h < heads; h++) {
-        const uint16_t *head = x + h * x_head;
-        uint16_t *to = out + h * out_head;
-        for (int d = 0; d < half; d += 16) {
-            __m512 low = load_bf16(head + d), high = load_bf16(head + half + d);
-            __m512 new_low = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(low, load_bf16(cos + d))),
-                                           rounded_to_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), high),
-                                                                         load_bf16(sin + d))));
-            __m512 new_high = _mm512_add_ps(rounded_to_bf16(_mm512_mul_ps(high, load_bf16(cos + half + d))),
-                                            rounded_to_bf16(_mm512_mul_ps(low, load_bf16(sin + half + d))));
-            _mm256_storeu_si256((__m256i *)(to + d), (__m256i)_mm512_cvtneps_pbh(new_low));
-            _mm256_storeu_si256((__m256i *)(to + half + d), (__m256i)_mm512_cvtneps_pbh(new_high));
-        }
-    }
-}
-
 /* out = x rotated, both [batch, heads, positions, dim] with strides (in elements) of their own for the first
    three (`x_strides`, `out_strides`) and dim contiguous, a multiple of 32; cos and sin [batch, positions, dim]
    with strides `cos_strides` for the first two (a batch stride of 0 shares them). Positions are shared by the
@@ -41,7 +22,7 @@ void tabwrite_rotary(const uint16_t *x, const int64_t *x_strides, uint16_t *out,
     for (long row = 0; row < batch * positions; row++) {
         long b = row / positions, p = row % positions;
         long at = b * cos_strides[0] + p * cos_strides[1];
-        tabwrite_rotate_heads(x + b * x_strides[0] + p * x_strides[2], x_strides[1],
+        rotate_heads(x + b * x_strides[0] + p * x_strides[2], x_strides[1],
                               out + b * out_strides[0] + p * out_strides[2], out_strides[1], heads, dim, cos + at,
                               sin + at);
     }
