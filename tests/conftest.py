@@ -123,6 +123,26 @@ def payloads(events, name, request_id=None):
             if e["name"] == name and (request_id is None or e["args"][0].get("id") == request_id)]
 
 
+def class_presses_tab(app, texts, length, options=3):
+    """Every student (one per text) presses Tab at once with a seed; each one's `done` payload.
+
+    Each student must receive only its own request's deltas, and they must add up to its options.
+    """
+    students = [connect(app) for _ in texts]
+    for index, (student, text) in enumerate(zip(students, texts)):
+        student.emit("suggest", {"id": f"s{index}", "text": text,
+                                 "settings": {"n": options, "seed": index, "length": length, "stop_at": "length"}})
+    finished = []
+    for index, student in enumerate(students):
+        events = wait_for(student, f"s{index}")
+        [done] = payloads(events, "done", f"s{index}")
+        deltas = payloads(events, "delta", f"s{index}")
+        assert {delta["id"] for delta in payloads(events, "delta")} == {f"s{index}"}  # only its own streams
+        assert ["".join(delta["deltas"][option] for delta in deltas) for option in range(options)] == done["options"]
+        finished.append(done)
+    return finished
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

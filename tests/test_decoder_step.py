@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Model, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaModel
-from conftest import build_tiny_gpt2, connect, make_app, payloads, run, wait_for
+from conftest import build_tiny_gpt2, class_presses_tab, make_app, run
 from webapp import decoder_step, kvcache, native
 from webapp.engine import Engine
 from webapp.formats import apply_format
@@ -328,19 +328,8 @@ def test_a_class_pressing_tab_at_once_on_the_real_server_steps_layer_by_layer(em
     try:
         plan = decoder_step.step_plan(app.extensions["tabwrite"].scheduler.engine.model.base_model)
         before = plan.steps_by_layers
-        students = [connect(app) for _ in range(plan.most_rows // 3 + 1)]
-        for index, student in enumerate(students):
-            student.emit("suggest", {"id": f"s{index}", "text": f"{index}. {TEXT}",
-                                     "settings": {"n": 3, "seed": index, "length": 16, "stop_at": "length"}})
-        finished = []
-        for index, student in enumerate(students):
-            events = wait_for(student, f"s{index}")
-            [done] = payloads(events, "done", f"s{index}")
-            finished.append(done)
-            deltas = payloads(events, "delta", f"s{index}")
-            assert {delta["id"] for delta in payloads(events, "delta")} == {f"s{index}"}  # only its own streams
-            assert ["".join(delta["deltas"][option] for delta in deltas) for option in range(3)] == done["options"]
-            # 16 tokens each, unless the model ended the text (an option may even end at once)
+        finished = class_presses_tab(app, [f"{index}. {TEXT}" for index in range(plan.most_rows // 3 + 1)], 16)
+        for done in finished:  # 16 tokens each, unless the model ended the text (an option may even end at once)
             assert all(finish == "length" and option.strip() or finish == "eos"
                        for option, finish in zip(done["options"], done["finish"])), done
         assert plan.steps_by_layers > before

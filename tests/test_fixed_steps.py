@@ -9,7 +9,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import build_tiny_gpt2, connect, make_app, payloads, run, wait_for
+import test_engine
+from conftest import build_tiny_gpt2, class_presses_tab, make_app, run
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -101,21 +102,8 @@ def record_logits(engine):
     return kept
 
 
-def test_a_set_left_by_a_fixed_step_extends_and_a_cancelled_one_keeps_its_copy(plain, fixed):
-    settings = dataclasses.replace(GREEDY, n=2, length=12)
-    stopped, going_on = fixed.start("The weather today is", settings)[0], fixed.start("Dear diary,", settings)[0]
-    fixed.step_many([stopped, going_on])
-    fixed.cancel(stopped)
-    kept = [layer.keys.clone() for layer in stopped.cache.layers]
-    newcomer = fixed.start("In 1969 the first people walked on the", settings)[0]
-    for _ in range(3):  # the newcomer takes the cancelled set's rows: its own copy must not change
-        fixed.step_many([going_on, newcomer])
-    assert all(torch.equal(layer.keys, before) for layer, before in zip(stopped.cache.layers, kept))
-    fixed.extend(stopped)
-    step_until_finished(fixed, [stopped])
-    whole = dataclasses.replace(settings, length=len(stopped.options[0].tokens))
-    assert tokens([stopped]) == tokens([run(plain, "The weather today is", whole)[0]])
-    step_until_finished(fixed, [going_on, newcomer])
+def test_a_cancelled_set_keeps_its_copy_while_fixed_steps_write_on_and_extends_like_one_longer_run(fixed):
+    test_engine.test_a_cancelled_member_keeps_its_own_copy_while_others_write_on(fixed)
 
 
 def test_when_the_stacks_columns_run_out_fixed_steps_go_on_in_place_and_in_a_bigger_stack(plain, fixed, monkeypatch):
@@ -229,29 +217,14 @@ def test_on_a_gpu_captured_steps_replay_what_the_eager_fixed_steps_compute(embed
     assert graphs.captures == len(graphs.shapes()) >= 2 and graphs.replays > graphs.captures and graphs.runs == 0
 
 
-def class_tabs(app, count):
-    """`count` students press Tab at once with seeds; each one's `done` payload, once its deltas added up to it."""
-    students = [connect(app) for _ in range(count)]
-    for index, student in enumerate(students):
-        student.emit("suggest", {"id": f"s{index}", "text": f"{index}. Dear diary, today the river",
-                                 "settings": {"n": 3, "seed": index, "length": 10, "stop_at": "length"}})
-    finished = []
-    for index, student in enumerate(students):
-        events = wait_for(student, f"s{index}")
-        [done] = payloads(events, "done", f"s{index}")
-        deltas = payloads(events, "delta", f"s{index}")
-        assert ["".join(delta["deltas"][option] for delta in deltas) for option in range(3)] == done["options"]
-        finished.append(done["options"])
-    return finished
-
-
 def test_a_class_on_the_real_app_with_fixed_shape_steps_gets_what_it_gets_without(embedded):
     """The CUDA_GRAPHS setting reaches the engine; seeded Tabs of five students read the same either way."""
     written = {}
     for graphs in ("off", "eager"):
         app = make_app(embedded, CUDA_GRAPHS=graphs)
         try:
-            written[graphs] = class_tabs(app, 5)
+            texts = [f"{index}. Dear diary, today the river" for index in range(5)]
+            written[graphs] = [done["options"] for done in class_presses_tab(app, texts, 10)]
             fixed = app.extensions["tabwrite"].scheduler.engine.fixed
             assert (fixed is None) == (graphs == "off")
         finally:
