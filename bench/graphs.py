@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+import first_option as single  # noqa: E402  (its documents)
 from webapp.config import cache_dir  # noqa: E402
 from webapp.engine import Engine  # noqa: E402
 from webapp.models import load_model, pick_device, pick_dtype, resolve_model  # noqa: E402
 from webapp.protocol import SamplingSettings  # noqa: E402
 
-PARAGRAPH = ("The river ran quietly past the old mill, where the children of the village gathered every "
-             "summer to watch the boats and tell each other stories about the people who lived upstream. ")
 N = 3  # options per request
 
 
@@ -43,15 +43,6 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=24, help="decoding steps per request")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
-
-
-def documents(tokenizer, tokens, count):
-    """`count` different documents of `tokens` tokens each."""
-    texts = []
-    for index in range(count):
-        ids = tokenizer(f"Story {index}. " + PARAGRAPH * (tokens // 20 + 2), add_special_tokens=False)["input_ids"]
-        texts.append(tokenizer.decode(ids[:tokens]))
-    return texts
 
 
 def synchronize(device):
@@ -91,7 +82,7 @@ def main():
         engine.warm_up()
     rows = []
     for count in map(int, args.clients.split(",")):
-        texts = documents(loaded.tokenizer, args.tokens, count)
+        texts = [single.document(loaded.tokenizer, args.tokens, index) for index in range(count)]
         row = {"clients": count, "modes": {}}
         written = {}
         for mode, engine in engines.items():

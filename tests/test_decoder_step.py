@@ -33,14 +33,15 @@ def embedded_int4(embedded):
     return wrap_model(model, embedded.tokenizer, "embedded-int4")
 
 
-def tiny_llama(tokenizer, heads, kv_heads, head_dim, layers=2, seed=0):
-    """A small Llama with random weights, packed in int4 as the embedded model is."""
+def tiny_llama(tokenizer, heads, kv_heads, head_dim, layers=2, seed=0, packed=True):
+    """A small Llama with random weights, packed in int4 as the embedded model is (unless not `packed`: float32)."""
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=320, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
                          max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1)
     model = LlamaForCausalLM(config).eval()
-    pack_model(model)
+    if packed:
+        pack_model(model)
     return wrap_model(model, tokenizer, "tiny-llama", max_context=512)
 
 

@@ -9,10 +9,10 @@ import dataclasses
 
 import pytest
 import torch
+import test_decoder_step
 import test_engine
 from conftest import build_tiny_gpt2, class_presses_tab, make_app, run
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from webapp import fixed_steps, kvcache
 from webapp.engine import Engine
@@ -152,18 +152,10 @@ class ReadBacks(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny_llama(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=320, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    return wrap_model(LlamaForCausalLM(config).eval(), tokenizer, "tiny-llama", max_context=512)
-
-
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_a_fixed_step_repeats_the_same_operations_on_the_same_inputs_and_reads_nothing_back(embedded, architecture,
                                                                                             monkeypatch):
-    loaded = (tiny_llama(embedded.tokenizer) if architecture == "llama" else
+    loaded = (test_decoder_step.tiny_llama(embedded.tokenizer, 4, 2, 32, packed=False) if architecture == "llama" else
               wrap_model(build_tiny_gpt2(embedded.tokenizer), embedded.tokenizer, "tiny-gpt2", max_context=256))
     engine = Engine(loaded, graphs="eager")
     passes = {}  # id(shape) -> [(operations, read backs, the inputs' addresses)]

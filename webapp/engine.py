@@ -357,13 +357,13 @@ class Engine:
             # one that ended gets its own compact copy, to be kept for extend or dropped
             generation.cache = stack.cut(generation, separate=generation.finished)
         if all(generation.finished for generation in batch):
-            self._stack = None  # everyone has their own copy: the next stack may take its memory
-            self._keep_spare(stack)
+            self._let_go_of_the_stack()  # everyone has their own copy
         return [deltas[id(generation)] for generation in generations]
 
-    def _keep_spare(self, stack):
-        """Keep `stack`, which nobody uses any more, for the next one to reuse its memory (if not too big)."""
-        self._spare = stack if stack.bytes() <= SPARE_STACK_BYTES else None
+    def _let_go_of_the_stack(self):
+        """Nobody writes in the stack any more: keep it (if not too big) for the next one to reuse its memory."""
+        self._spare = self._stack if self._stack.bytes() <= SPARE_STACK_BYTES else None
+        self._stack = None
 
     def _option_rows(self, generations, owns, width):
         """The OptionRows of a step: every generation's row (left-padded to `width`), its options' queries on it.
@@ -401,13 +401,13 @@ class Engine:
             out = self.model(**inputs)
         except Exception as error:  # a model whose attention went its own way may also trip over the shapes
             if option_rows is not None and option_rows.calls == 0:
-                raise _bypassed_the_interface() from error
+                raise shared_prompt.bypassed_the_interface() from error
             raise
         finally:
             for layer in layers:
                 layer.regroup = None
         if option_rows is not None and option_rows.calls == 0:
-            raise _bypassed_the_interface()
+            raise shared_prompt.bypassed_the_interface()
         return out
 
     def _live(self, generation):
@@ -596,8 +596,7 @@ class Engine:
                 option.finish = "cancelled"
         kvcache.compact(generation.cache)  # let go of the batch it was stacked in
         if self._stack is not None and not any(member.in_place() for member in self._stack.members):
-            self._keep_spare(self._stack)  # nobody writes in it any more
-            self._stack = None
+            self._let_go_of_the_stack()
 
     def release(self, generation):
         """Drop the KV cache; a later extend re-reads the prompt and options instead."""
@@ -862,11 +861,6 @@ def _feed_densely(layer):
     if layer is not None and not getattr(layer, "_fed_densely", False):
         layer.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
         layer._fed_densely = True
-
-
-def _bypassed_the_interface():
-    return RuntimeError("the model's attention does not go through transformers' AttentionInterface, so its options "
-                        "cannot share their prompt's keys and values (shared_prompt.py)")
 
 
 def beam_arguments(settings, count, length):

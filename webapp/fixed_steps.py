@@ -31,7 +31,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from . import kvcache
-from .shared_prompt import OptionRows
+from .shared_prompt import OptionRows, bypassed_the_interface
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # batch sizes (requests) a step is padded to
 COLUMN_QUANTUM = 256  # a new stack's columns are a multiple of this, so that it lasts a while
@@ -61,17 +61,16 @@ class FixedRoom(kvcache.Room):
 class FixedLayer(DynamicLayer):
     """A cache layer over a stack's first rows and all its columns; a step writes at `columns` (a tensor)."""
 
-    def __init__(self, keys, values, columns, options):
+    regroup = None  # the pass's OptionRows.regroup: what makes a step's states its requests' new columns
+
+    def __init__(self, keys, values, columns):
         super().__init__()
-        self.keys, self.values, self.columns, self.options = keys, values, columns, options
+        self.keys, self.values, self.columns = keys, values, columns
         self.device, self.is_initialized = keys.device, True
 
     def update(self, key_states, value_states, *args, **kwargs):
-        for buffer, states in ((self.keys, key_states), (self.values, value_states)):
-            # [requests x options, heads, 1, dim]: each request's options are its row's new columns
-            rows, heads, _, dim = states.shape
-            columns = states.reshape(rows // self.options, self.options, heads, dim).transpose(1, 2)
-            buffer.index_copy_(2, self.columns, columns)
+        self.keys.index_copy_(2, self.columns, self.regroup(key_states))
+        self.values.index_copy_(2, self.columns, self.regroup(value_states))
         return self.keys, self.values
 
 
@@ -87,7 +86,7 @@ class Shape:
         self.visible = torch.zeros((requests, options, stack.keys[0].shape[2]), dtype=torch.bool, device=device)
         self.columns = torch.zeros(options, dtype=torch.long, device=device)
         self.cache = copy.copy(stack.template)
-        self.cache.layers = [FixedLayer(keys[:requests], values[:requests], self.columns, options)
+        self.cache.layers = [FixedLayer(keys[:requests], values[:requests], self.columns)
                              for keys, values in zip(stack.keys, stack.values)]
         self.pad_id = pad_id
         self.graph = None
@@ -112,11 +111,12 @@ class Shape:
     def run(self, model):
         """The model's pass over the fixed inputs; keeps and returns its logits [queries, vocab]."""
         rows = OptionRows(self.visible)  # a fresh one: it keeps the pass's mask, made from `visible` as it is now
+        for layer in self.cache.layers:
+            layer.regroup = rows.regroup
         out = model(input_ids=self.ids, position_ids=self.positions, cache=self.cache, use_cache=True,
                     option_rows=rows)
         if rows.calls == 0:
-            raise RuntimeError("the model's attention does not go through transformers' AttentionInterface, so a "
-                               "fixed-shape step cannot attend through its mask")
+            raise bypassed_the_interface()
         self.logits = out.logits[:, -1, :]
         return self.logits
 

@@ -410,14 +410,15 @@ def _layer_buffers(states, rows, columns, zeroed):
     """Buffers [rows, heads, columns, dim] shaped after each layer's `states`: (all of them in one, or None; each)."""
     if len({(part.shape[1], part.shape[3], part.dtype, part.device) for part in states}) > 1:
         return None, [_buffer(part, rows, columns, zeroed) for part in states]  # layers of different shapes
-    one = _buffer(states[0], rows, columns, zeroed)
-    joined = (one.new_zeros if zeroed else one.new_empty)((len(states), *one.shape))
+    joined = _buffer(states[0], rows, columns, zeroed, layers=len(states))
     return joined, list(joined.unbind(0))
 
 
-def _buffer(states, rows, columns, zeroed=False):
+def _buffer(states, rows, columns, zeroed=False, layers=None):
+    """A buffer [rows, heads, columns, dim] shaped after `states`; with `layers`, that many such in one."""
     batch, heads, _, width = states.shape
-    return (states.new_zeros if zeroed else states.new_empty)((rows, heads, columns, width))
+    shape = (rows, heads, columns, width) if layers is None else (layers, rows, heads, columns, width)
+    return (states.new_zeros if zeroed else states.new_empty)(shape)
 
 
 def _rows(cache):

@@ -84,6 +84,12 @@ class OptionRows:
         return self._masks[key]
 
 
+def bypassed_the_interface():
+    """The error for a pass given OptionRows whose model attended some other way (`OptionRows.calls` stayed 0)."""
+    return RuntimeError("the model's attention does not go through transformers' AttentionInterface, so its options "
+                        "cannot share their prompt's keys and values (shared_prompt.py)")
+
+
 def install(model):
     """Make the model's attention go through `attention` (plain SDPA for a pass without OptionRows)."""
     AttentionInterface.register(IMPLEMENTATION, attention)
