@@ -205,8 +205,10 @@ def test_on_a_gpu_captured_steps_replay_what_the_eager_fixed_steps_compute(embed
         written[graphs] = (tokens(generations), engine.fixed)
     assert written["auto"][0] == written["eager"][0]
     graphs = written["auto"][1]
-    # one graph per shape (four rows while all three write, then two, then one), replayed at every later step
-    assert graphs.captures == len(graphs.shapes()) >= 2 and graphs.replays > graphs.captures and graphs.runs == 0
+    # one graph per shape (four rows while all three write, then two, then one), replayed at every later step; the
+    # only eager steps are those that checked each graph's first replay
+    assert graphs.captures == len(graphs.shapes()) >= 2 and graphs.replays > graphs.captures
+    assert graphs.failure is None and graphs.runs == graphs.checks >= 1
 
 
 def test_a_class_on_the_real_app_with_fixed_shape_steps_gets_what_it_gets_without(embedded):
@@ -244,3 +246,77 @@ def test_steps_that_cannot_be_captured_go_on_eagerly_and_say_why_once(plain, emb
     assert "CUDA" in engine.fixed.failure
     assert [record.message for record in caplog.records].count(
         f"decoding steps cannot be captured as CUDA graphs ({engine.fixed.failure}); they run without") == 1
+
+
+class GraphOnTheCpu:
+    """Stands in for a captured torch.cuda.CUDAGraph where there is no CUDA: replay runs the step into its output.
+
+    `stale`: replay leaves the output as it was recorded, as a graph would that baked
+    its inputs in (computing the step it was captured in again and again).
+    """
+
+    def __init__(self, shape, model, stale):
+        self.shape, self.model, self.stale = shape, model, stale
+        self.output = shape.run(model).clone()
+
+    def replay(self):
+        if not self.stale:
+            self.output.copy_(self.shape.run(self.model))
+
+
+def graphs_on_the_cpu(engine, stale=False):
+    """Make `engine`'s fixed steps capture and replay with GraphOnTheCpu: what FixedSteps does around the CUDA calls."""
+    fixed = engine.fixed
+    fixed.capture = True
+
+    def warm_up(shape):
+        return [shape.run(fixed.model) for _ in range(fixed_steps.WARM_UPS)][-1]
+
+    def record(shape):
+        graph = GraphOnTheCpu(shape, fixed.model, stale)
+        return graph, graph.output
+
+    fixed._warm_up, fixed._record = warm_up, record
+    return fixed
+
+
+def three_sampled(engine, lengths=(6, 9, 12)):
+    """Three seeded requests (3 options each) of different lengths, stepped together to the end: tokens, steps."""
+    texts = ["The weather today is", "Dear diary,", "Once upon a time"]
+    generations = [engine.start(text, dataclasses.replace(SAMPLED, seed=seed, length=length))[0]
+                   for seed, (text, length) in enumerate(zip(texts, lengths))]
+    steps = 0
+    while not all(generation.finished for generation in generations):
+        engine.step_many([generation for generation in generations if not generation.finished])
+        steps += 1
+    return tokens(generations), steps
+
+
+def test_each_shape_is_captured_once_replayed_after_and_its_first_replay_checked_against_an_eager_step(plain,
+                                                                                                     embedded):
+    plain._spare = None
+    expected, steps = three_sampled(plain)
+    engine = Engine(embedded, graphs="eager")
+    graphs = graphs_on_the_cpu(engine)
+    assert three_sampled(engine) == (expected, steps)
+    # four rows while all three write, then two, then one: a graph each, every later step of a shape replayed
+    assert graphs.shapes() == [(1, 3), (2, 3), (4, 3)] and graphs.captures == 3 and graphs.failure is None
+    assert graphs.replays == steps - 3, "the three steps that captured used their warm-up's logits"
+    assert graphs.checks == graphs.runs == 3, "each graph's first replay checked by one eager run, the rest trusted"
+    assert all(shape.checked for shape in graphs._shapes.values())
+    assert three_sampled(engine) == (expected, steps), "the next class replays the same graphs in the same stack"
+    assert graphs.captures == 3 and graphs.checks == 3 and graphs.replays == 2 * steps - 3
+
+
+def test_a_graph_whose_replay_computes_something_else_is_caught_at_its_first_replay_and_steps_go_on_eagerly(
+        plain, embedded, caplog):
+    plain._spare = None
+    expected, steps = three_sampled(plain)
+    engine = Engine(embedded, graphs="eager")
+    graphs = graphs_on_the_cpu(engine, stale=True)
+    with caplog.at_level("WARNING", logger="webapp.fixed_steps"):
+        assert three_sampled(engine) == (expected, steps), "the check's eager step is used: nothing stale is sampled"
+    assert graphs.capture is False and graphs.captures == 1 and graphs.checks == 1 and graphs.replays == 1
+    assert graphs.failure.startswith("GraphMismatch: a replayed step's logits differ from the eager step's by up to")
+    assert [record.message for record in caplog.records].count(
+        f"decoding steps cannot be captured as CUDA graphs ({graphs.failure}); they run without") == 1

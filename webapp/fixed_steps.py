@@ -20,7 +20,11 @@ the same step is made of fixed shapes:
 
 A graph is captured per (bucket, options) on first use and replayed after; a new stack
 (more rows or columns than the old one had) means new addresses, so its steps capture
-again. Where there is no CUDA (a CPU; the tests) the same fixed-shape step runs
+again. No graph's logits are used unchecked: the step a graph is captured in uses the
+eager warm-up's, and its first replay, on new inputs, is checked against the same step
+run eagerly; a graph that replays something else (a value baked in at capture, an
+operation that misbehaves when captured) ends capturing for good, and the steps go on
+eagerly. Where there is no CUDA (a CPU; the tests) the same fixed-shape step runs
 eagerly, which is what lets a CPU check that it computes what the engine's step
 computes and that it never reads a value back mid-step (tests/test_fixed_steps.py).
 """
@@ -36,6 +40,10 @@ from .shared_prompt import OptionRows, bypassed_the_interface
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # batch sizes (requests) a step is padded to
 COLUMN_QUANTUM = 256  # a new stack's columns are a multiple of this, so that it lasts a while
 WARM_UPS = 2  # eager runs before a capture (cuBLAS and the allocator set themselves up on first use)
+# how far a graph's first replay may stray from the eager step, as a share of the largest logit: replayed launches
+# do the same arithmetic (were a library to pick other kernels when captured, float16 rounding would differ by a few
+# units of 0.1 %), while a graph computing another step (inputs baked in, a column missed) moves logits by whole units
+REPLAY_TOLERANCE = 1e-2
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,8 @@ class Shape:
                              for keys, values in zip(stack.keys, stack.values)]
         self.pad_id = pad_id
         self.graph = None
-        self.logits = None  # [queries, vocab]: the last run's (a captured graph's replays refresh it in place)
+        self.output = None  # [queries, vocab]: where the graph's replays write the logits
+        self.checked = False  # whether a replay was found to compute what the eager step computes
 
     def fill(self, stack, feed, positions, option_rows):
         """Copy a step's inputs in: `feed` and `positions` per batch row, the mask, where its columns go."""
@@ -109,7 +118,7 @@ class Shape:
         return slots
 
     def run(self, model):
-        """The model's pass over the fixed inputs; keeps and returns its logits [queries, vocab]."""
+        """The model's pass over the fixed inputs: its logits [queries, vocab]."""
         rows = OptionRows(self.visible)  # a fresh one: it keeps the pass's mask, made from `visible` as it is now
         for layer in self.cache.layers:
             layer.regroup = rows.regroup
@@ -117,8 +126,11 @@ class Shape:
                     option_rows=rows)
         if rows.calls == 0:
             raise bypassed_the_interface()
-        self.logits = out.logits[:, -1, :]
-        return self.logits
+        return out.logits[:, -1, :]
+
+
+class GraphMismatch(RuntimeError):
+    """A captured graph's replay computed other logits than the same step run eagerly."""
 
 
 class FixedSteps:
@@ -131,7 +143,9 @@ class FixedSteps:
         self._stack = None
         self._shapes = {}  # (requests bucket, options) -> Shape, for self._stack
         self._pool = None  # the graphs' memory, shared between them
-        self.captures = self.replays = self.runs = 0  # what happened so far (tests and benchmarks read them)
+        # what happened so far (tests and benchmarks read them): graphs captured and replayed, eager steps (those that
+        # check a graph's first replay among them), checks
+        self.captures = self.replays = self.runs = self.checks = 0
         self.failure = None  # why capturing was given up, if it was
 
     def logits(self, stack, feed, positions, option_rows):
@@ -149,54 +163,75 @@ class FixedSteps:
             shape = self._shapes[key] = Shape(stack, *key, self.pad_id)
         slots = shape.fill(stack, feed, positions, option_rows)
         if not self.capture:
-            self._run_eagerly(shape)
-        elif shape.graph is None:
-            self._capture_or_give_up(shape)
+            logits = self._run_eagerly(shape)
         else:
-            self.replays += 1
-            shape.graph.replay()
-        return shape.logits.index_select(0, slots)
+            try:
+                logits = self._capture(shape) if shape.graph is None else self._replay(shape, slots)
+            except Exception as error:  # capturing failed, or a graph replays something else: no graphs from now on
+                self._give_up_capturing(error)
+                logits = self._run_eagerly(shape)  # this very step again (it writes the same keys and values)
+        return logits.index_select(0, slots)
 
     def shapes(self):
         """The (requests bucket, options) shapes made for the current stack."""
         return sorted(self._shapes)
 
-    def _capture_or_give_up(self, shape):
-        """Capture `shape`'s graph; if that fails, say why once and run every step eagerly from now on.
+    def _give_up_capturing(self, error):
+        """Say once why steps cannot be replayed as graphs; every later step runs eagerly, in fixed shapes.
 
         A model whose pass cannot be captured (an operation that reads a value back, one
-        CUDA graphs do not support) still serves, in fixed shapes, only slower.
+        CUDA graphs do not support) still serves, only slower.
         """
-        try:
-            self._capture(shape)
-        except Exception as error:
-            self.capture, self.failure = False, f"{type(error).__name__}: {error}"
-            self._shapes = {}  # drop any graph half made; eager shapes are made afresh
-            log.warning("decoding steps cannot be captured as CUDA graphs (%s); they run without", self.failure)
-            self._run_eagerly(shape)
+        self.capture, self.failure = False, f"{type(error).__name__}: {error}"
+        self._shapes, self._pool = {}, None  # drop the graphs; eager shapes are made afresh
+        log.warning("decoding steps cannot be captured as CUDA graphs (%s); they run without", self.failure)
 
     def _run_eagerly(self, shape):
-        """Run `shape`'s step as it is, uncaptured (its inputs filled)."""
+        """Run `shape`'s step as it is, uncaptured (its inputs filled); its logits."""
         self.runs += 1
         return shape.run(self.model)
 
     def _capture(self, shape):
-        """Record `shape`'s step as a CUDA graph, after warm-up runs, and replay it once for this step's logits.
+        """Warm `shape`'s step up and record it as a graph; this step's logits are the last warm-up's.
 
         The warm-up runs compute this very step (writing the same keys and values each
-        time), so nothing is lost by running it again.
+        time); recording runs nothing, so the graph's logits are first used, and checked,
+        at its first replay.
         """
+        logits = self._warm_up(shape)
+        shape.graph, shape.output = self._record(shape)
+        self.captures += 1
+        return logits
+
+    def _replay(self, shape, slots):
+        """Replay `shape`'s graph; at its first replay, check its logits (the batch's `slots`) against an eager run."""
+        self.replays += 1
+        shape.graph.replay()
+        if shape.checked:
+            return shape.output
+        self.checks += 1
+        replayed, eager = shape.output.index_select(0, slots), self._run_eagerly(shape).index_select(0, slots)
+        stray = (replayed.float() - eager.float()).abs().max()
+        if not stray <= REPLAY_TOLERANCE * eager.float().abs().max():  # (NaN strays too)
+            raise GraphMismatch(f"a replayed step's logits differ from the eager step's by up to {float(stray):.3g}")
+        shape.checked = True
+        return shape.output
+
+    def _warm_up(self, shape):
+        """Run `shape`'s step WARM_UPS times on a side stream, as CUDA graph capture asks; the last run's logits."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARM_UPS):
-                shape.run(self.model)
+                logits = shape.run(self.model)
         torch.cuda.current_stream().wait_stream(side)
+        return logits
+
+    def _record(self, shape):
+        """Capture `shape`'s step as a CUDA graph: the graph, and the tensor its replays write the logits in."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            shape.run(self.model)
-        shape.graph = graph
-        self.captures += 1
-        graph.replay()
+            output = shape.run(self.model)
+        return graph, output
