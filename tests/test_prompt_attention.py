@@ -1,4 +1,5 @@
-"""Attention while reading prompts on the AMX tiles (webapp/prompt_attention.py, csrc/prompt_attention.c).
+"""Attention while reading prompts on the AMX tiles (webapp/prompt_attention.py, csrc/prompt_attention.c), and
+without them in float32 from FLOAT32_QUERIES queries on.
 
 Its outputs against PyTorch's SDPA on the same bfloat16 tensors (both sum bfloat16
 products in float32), then through the engine against float32's predictions.
@@ -10,7 +11,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import run
-from webapp import native, prompt_attention
+from webapp import native, prompt_attention, shared_prompt
 from webapp.engine import Engine
 from webapp.lowbit import pack_model
 from webapp.models import wrap_model
@@ -135,3 +136,34 @@ def test_the_engine_reads_prompts_on_the_tiles_as_close_to_float32_as_sdpa(monke
     assert continued["ours"] == continued["sdpa"]
     finished, _ = run(engine, TEXT, settings)
     assert all(len(option.tokens) == 8 for option in finished.options)
+
+
+@pytest.mark.parametrize("mask", [None, "boolean", "additive"])
+def test_without_tiles_a_long_prompt_attends_in_float32_and_a_short_one_in_bfloat16(monkeypatch, mask):
+    """shared_prompt.attention without the tiles: from FLOAT32_QUERIES queries on, SDPA on float32 copies."""
+    monkeypatch.setattr(native, "tiles", lambda: False)
+    seen = []
+    original = shared_prompt.sdpa_attention_forward
+    monkeypatch.setattr(shared_prompt, "sdpa_attention_forward",
+                        lambda module, query, *args, **kwargs: seen.append(query.dtype) or original(module, query,
+                                                                                                  *args, **kwargs))
+    layer = Layer(3)
+    for queries in (prompt_attention.FLOAT32_QUERIES - 1, prompt_attention.FLOAT32_QUERIES, 300):
+        query, key, value = tensors(1, 9, 3, queries, queries + 5, 64)
+        attention_mask = None
+        if mask:  # the new tokens after 5 held: each sees those and itself and what came before it
+            allowed = torch.ones(queries, queries + 5, dtype=torch.bool)
+            allowed[:, 5:] = torch.ones(queries, queries, dtype=torch.bool).tril()
+            attention_mask = allowed if mask == "boolean" else torch.zeros(allowed.shape).masked_fill(
+                ~allowed, torch.finfo(torch.bfloat16).min).bfloat16()
+            attention_mask = attention_mask[None, None]
+        else:
+            key, value = key[:, :, :queries], value[:, :, :queries]
+        out, _ = shared_prompt.attention(layer, query, key, value, attention_mask, scaling=0.125)
+        assert out.dtype == torch.bfloat16 and out.shape == (1, queries, 9, 64)
+        exact, _ = original(layer, query.float(), key.float(), value.float(),
+                            attention_mask.float() if mask == "additive" else attention_mask, scaling=0.125)
+        close(out.float(), exact)
+        if queries >= prompt_attention.FLOAT32_QUERIES:  # float32 throughout, then one rounding to bfloat16
+            assert torch.equal(out, exact.bfloat16())
+    assert seen == [torch.bfloat16, torch.float32, torch.float32]

@@ -29,7 +29,6 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
                                                       LlamaRMSNorm)
 
 from . import kvcache, native
-from .blocked import BlockedLinear
 from .fused import NativeLlamaMLP, NativeRMSNorm
 from .lowbit import PackedLinear
 
@@ -136,7 +135,7 @@ class StepPlan:
         self.layers, self.shape = layers, shape
         self.hidden, self.heads, self.kv_heads, self.head_dim, _ = shape
         self.epsilon, self.scale = epsilon, scale
-        # past this, the products take the dense copies (lowbit.VNNI_ROWS): transformers' way is the faster then
+        # past this, the products take the dense copies (lowbit.VNNI_ROWS; without AMX tiles still ours), layer by layer
         self.most_rows = min(p.small_batch_rows for layer in layers for p in self.projections(layer))
         self.steps = 0  # steps taken so far (tests and benchmarks read it)
         self.steps_by_layers = 0  # and those of more rows, taken layer by layer
@@ -184,10 +183,10 @@ class StepPlan:
         return self.final_norm(model)(hidden)
 
     def step_by_layers(self, model, input_ids, position_ids, cache, visible, slots=None, slot_of_row=None):
-        """`step` for more rows than the packed products take: their dense copies' products between our C pieces.
+        """`step` for more rows than the packed products take: large_batch products between our C pieces.
 
         A class's step (30 clients, 90 rows) went through transformers' layers, some 130
-        operations each; here a layer is its products (oneDNN's, on the matrix units) and
+        operations each; here a layer is its products (oneDNN's on AMX tiles, else ours) and
         four calls to our C code: norms and residuals, attention with its rotary embedding
         and cache writes, and the MLP's activation.
         """
@@ -302,19 +301,21 @@ class LlamaPlan(StepPlan):
 
     @staticmethod
     def queries_keys_values(layer, normed):
-        """The dense products' queries, keys and values [rows, width each] (keys and values alike in stride)."""
+        """The large-batch products' queries, keys and values [rows, width each] (keys and values alike in stride)."""
         attention = layer.self_attn
-        return dense(attention.q_proj)(normed), dense(attention.k_proj)(normed), dense(attention.v_proj)(normed)
+        return tuple(large_batch(projection)(normed)
+                     for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
 
     @staticmethod
     def output_product(layer):
-        return dense(layer.self_attn.o_proj)
+        return large_batch(layer.self_attn.o_proj)
 
     @staticmethod
     def mlp(layer, normed):
-        """down(silu(gate(x)) × up(x)) on the dense copies, the activation in C."""
+        """down(silu(gate(x)) × up(x)), large_batch products, the activation in C."""
         mlp = layer.mlp
-        return dense(mlp.down_proj)(native.silu_mul(dense(mlp.gate_proj)(normed), dense(mlp.up_proj)(normed)))
+        gate, up = large_batch(mlp.gate_proj)(normed), large_batch(mlp.up_proj)(normed)
+        return large_batch(mlp.down_proj)(native.silu_mul(gate, up))
 
     def embed(self, model, input_ids, position_ids):
         """The rows' embeddings, and the rotary embedding's (cos, sin) at their positions, [rows, width] each."""
@@ -376,18 +377,18 @@ class GPT2Plan(StepPlan):
     @staticmethod
     def queries_keys_values(block, normed):
         """The joint product's queries, keys and values: views of its rows, side by side in each."""
-        return dense(block.attn.c_attn)(normed).chunk(3, dim=1)
+        return large_batch(block.attn.c_attn)(normed).chunk(3, dim=1)
 
     @staticmethod
     def output_product(block):
-        return dense(block.attn.c_proj)
+        return large_batch(block.attn.c_proj)
 
     @staticmethod
     def mlp(block, normed):
-        """proj(gelu(fc(x))) on the dense copies, the activation in C."""
-        wide = dense(block.mlp.c_fc)(normed)
+        """proj(gelu(fc(x))), large_batch products, the activation in C."""
+        wide = large_batch(block.mlp.c_fc)(normed)
         native.library().tabwrite_gelu_tanh(wide.data_ptr(), wide.numel(), torch.get_num_threads())
-        return dense(block.mlp.c_proj)(wide)
+        return large_batch(block.mlp.c_proj)(wide)
 
     def embed(self, model, input_ids, position_ids):
         """The rows' token and position embeddings, added (in bfloat16, as transformers adds them)."""
@@ -415,14 +416,9 @@ class GPT2Plan(StepPlan):
 PLANS = {NativeLlamaModel: LlamaPlan, NativeGPT2Model: GPT2Plan}
 
 
-def dense(projection):
-    """The product of a packed projection's dense bfloat16 copy, for contiguous bfloat16 rows [n, in].
-
-    A blocked copy's product is called directly: the module's call cost 18 of its 54 µs
-    at 90 rows, and a class's step of the embedded model makes 210 of them.
-    """
-    copy = projection.dense
-    return copy.multiply if isinstance(copy, BlockedLinear) else copy
+def large_batch(projection):
+    """A packed projection's product for a class's many rows (lowbit.PackedLinear.large_batch_product)."""
+    return projection.large_batch_product()
 
 
 def _fits(head_dim, hidden):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with fast bfloat16 matrix units
+AMX_CPU_FLAGS = frozenset({"amx_tile", "amx_bf16"})  # the tiles themselves (a virtual machine may hide them)
 
 
 @functools.cache  # read once: every packed layer asks whether the CPU has bfloat16 units
@@ -34,6 +35,11 @@ def has_bf16_units(flags=None):
     """Whether the CPU (its /proc/cpuinfo `flags`, read here when not given) has bfloat16 matrix units."""
     flags = cpu_flags() if flags is None else flags
     return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def has_amx(flags=None):
+    """Whether the CPU (its /proc/cpuinfo `flags`) has AMX tiles for bfloat16, on which oneDNN runs large products."""
+    return AMX_CPU_FLAGS <= (cpu_flags() if flags is None else flags)
 
 
 def pick_format(requested, device, flags=None, ships_4bit=False):

@@ -20,7 +20,7 @@ import torch
 
 from . import native
 from .blocked import BlockedLinear, dense_layer
-from .formats import replace_layers
+from .formats import has_amx, replace_layers
 
 GROUP = 32  # weights per 4-bit scale and zero point: GGUF's Q4_1 block, so the embedded model's weights fit exactly
 # Rows up to which the packed kernels beat the dense bfloat16 copy here. They read 4 rows at
@@ -42,6 +42,10 @@ SMALL_LAYER_WEIGHTS = 1 << 20
 # (large layers): 6 clients 172 against 141-147 ms, 8 even (184 against 179-184), 12 clients 221
 # against 242. The 8-bit output layer went with them (up to 32, 48 and 64 rows: no loss seen).
 VNNI_ROWS = {(4, "small"): 36, (4, "large"): 24, (8, "small"): 40, (8, "large"): 40}
+# Those crossings are against oneDNN on AMX tiles. Without them (CPUs with AVX-512 alone, virtual machines that hide
+# the tiles) its bfloat16 products ran at 160-175 GFLOP/s on both models' layers at 36 to 300 rows, float32's at
+# 180-300, ours at 400-530: there our kernel takes the large batches too (PackedLinear.packed_at_any_size), a
+# prompt's 300 rows as a step's 3.
 COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (their float32 path is slow)
 
 
@@ -65,6 +69,18 @@ class PackedLinear(torch.nn.Module):
         weights = (self.packed, self.scales) + ((self.zeros,) if self.bits == 4 else ())
         self._kernel = (native.Layer(self.bits, weights, self.bias, self.in_features, self.out_features)
                         if self.kernel == "vnni" else None)
+        self.packed_at_any_size = self._kernel is not None and not has_amx()  # see VNNI_ROWS
+
+    def large_batch_product(self):
+        """The product of contiguous bfloat16 rows [n, in] past `small_batch_rows`, without the module's call.
+
+        The dense copy's (a blocked copy's product called directly: the module's call cost
+        18 of its 54 µs at 90 rows, and a class's step of the embedded model makes 210),
+        or our kernel's where the dense copy has no AMX tiles to run on.
+        """
+        if self.packed_at_any_size:
+            return self._kernel
+        return self.dense.multiply if isinstance(self.dense, BlockedLinear) else self.dense
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -102,9 +118,9 @@ class PackedLinear(torch.nn.Module):
         return cls(bits, dense, packed, scales, bias, kernel=kernel)
 
     def forward(self, inputs):
-        """Multiply by the packed weights for up to `small_batch_rows` rows, else by the dense copy."""
+        """Multiply packed up to `small_batch_rows` rows (any, without AMX tiles), past them by the dense copy."""
         rows = inputs.reshape(-1, self.in_features)  # 2-D: a strided 3-D input sends F.linear down a slow path
-        if rows.shape[0] > self.small_batch_rows:
+        if rows.shape[0] > self.small_batch_rows and not self.packed_at_any_size:
             return self.dense(rows).reshape(*inputs.shape[:-1], self.out_features)
         rows = rows.to(COMPUTE_DTYPE).contiguous()
         if self._kernel is not None:  # ours: adds the bias itself

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from .config import cache_dir
-from .formats import cpu_flags
+from .formats import cpu_flags, has_amx
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = sorted(CSRC.glob("*.c"))
@@ -105,7 +105,7 @@ def tiles():
     """
     if library() is None or os.environ.get(TILES_VARIABLE, "1").lower() in ("0", "off", "no", "false"):
         return False
-    return {"amx_tile", "amx_bf16"} <= cpu_flags() and library().tabwrite_tiles_ready() == 1
+    return has_amx() and library().tabwrite_tiles_ready() == 1
 
 
 def tile_parts():

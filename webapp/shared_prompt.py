@@ -103,6 +103,12 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         ours = prompt_attention.attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
         if ours is not None:  # on the AMX tiles (reading prompts, scoring a text)
             return ours, None
+        if prompt_attention.in_float32(query):
+            mask = attention_mask.float() if attention_mask is not None and attention_mask.is_floating_point() \
+                else attention_mask
+            out, _ = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask, scaling=scaling,
+                                            dropout=dropout, **kwargs)
+            return out.to(query.dtype), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     option_rows.calls += 1
