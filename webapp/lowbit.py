@@ -14,7 +14,8 @@ which one ran.
 Where the CPU has AVX512-VNNI, the packed path is our own kernel (native.py): the same
 weights, laid out for it, times activations rounded to 8 bits per group of 32; 3 to 3.5
 times PyTorch's kernels on GPT-2-large's layers, and ahead of the dense copy up to more
-rows (`VNNI_ROWS`). Elsewhere it is PyTorch's.
+rows (`VNNI_ROWS`), or at any number of rows where the CPU has no AMX tiles for the dense
+copy to run on. Elsewhere it is PyTorch's.
 """
 import torch
 
