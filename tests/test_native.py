@@ -51,10 +51,11 @@ def assert_within_bfloat16_of(outputs, expected):
 
 @needs_kernel
 @pytest.mark.parametrize("outputs, inputs", [(48, 64), (40, 96), (50, 128), (1536, 576)])
-@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 13])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 13, 21])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs, inputs, rows, with_bias):
-    # outputs not in whole blocks of 16 (40, 50) are padded; rows go 4 at a time, with any remainder
+    # outputs not in whole blocks of 16 (40, 50) are padded; rows go 4 at a time (4 bits: 8 from 8 rows on), with
+    # any remainder
     (levels, scales_and_zeros), (levels8, scales8) = layer_weights(outputs, inputs, seed=rows)
     rows_in = torch.randn(rows, inputs, generator=torch.Generator().manual_seed(7)).bfloat16()
     bias = torch.randn(outputs).bfloat16() if with_bias else None
@@ -64,6 +65,18 @@ def test_each_kernel_computes_its_weights_times_the_rounded_activations(outputs,
     assert_within_bfloat16_of(four, rounded @ exact_int4(levels, scales_and_zeros).T + added)
     eight = product(8, rows_in, native.pack_int8(levels8, scales8), bias, outputs)
     assert_within_bfloat16_of(eight, rounded @ (levels8.float() * scales8.float()[:, None]).T + added)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_rows_product_is_the_same_to_the_bit_in_any_batch(bits):
+    """A step's 3 rows (blocks of 4) and the same rows among a prompt's 300 (4 bits: blocks of 8) give equal outputs."""
+    (levels, scales_and_zeros), (levels8, scales8) = layer_weights(1536, 576, seed=3)
+    weights = native.pack_int4(levels, scales_and_zeros) if bits == 4 else native.pack_int8(levels8, scales8)
+    many = torch.randn(300, 576, generator=torch.Generator().manual_seed(5)).bfloat16()
+    bias = torch.randn(1536).bfloat16()
+    alone = product(bits, many[101:104].contiguous(), weights, bias, 1536)
+    assert torch.equal(product(bits, many, weights, bias, 1536)[101:104], alone)
 
 
 @needs_kernel

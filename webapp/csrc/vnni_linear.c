@@ -24,6 +24,7 @@
    with 1 to 2 KB (4 and 8 KB: 22.9, 24.9). */
 #define PREFETCH_BYTES 2048
 #define ROW_BLOCK 4   /* rows that share one reading of a block's weights (registers: 4 x 3 accumulators) */
+#define ROWS_AT_MOST 8  /* in 4-bit layers given many rows, 8 rows share it */
 
 int tabwrite_quantized_room(quantized *x, int rows, int in) {
     x->levels = malloc((size_t)rows * in);
@@ -85,43 +86,57 @@ static inline __m512i group_products(const __m512i *w, const int8_t *xq) {
     return _mm512_add_epi32(even, odd);
 }
 
-void tabwrite_int4_block(int b, int rows, int in, int out, const quantized *x, const uint8_t *levels,
-                         const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias, uint16_t *y) {
-    int groups = in / GROUP;
+/* Rows r0 .. r0 + count - 1 of one block of 16 outputs, count at most `most` (a constant, once inlined): those rows
+   share each reading and unpacking of the block's weights. */
+static inline __attribute__((always_inline)) void int4_block_rows(
+        const int most, int r0, int count, int groups, int in, const quantized *x, const uint8_t *wb,
+        const uint16_t *sb, const uint16_t *zb, __m512 added, uint16_t *y, int valid, int out) {
     const int8_t *xq = x->levels;
     const float *xd = x->scales;
     const int32_t *xs = x->sums;
     const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512 acc[ROWS_AT_MOST];
+    for (int k = 0; k < most; k++) acc[k] = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        __m512i w[8];
+        const char *ahead = (const char *)(wb + (size_t)g * 256) + PREFETCH_BYTES;
+        for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+        for (int j = 0; j < 4; j++) {
+            __m512i packed = _mm512_loadu_si512((const void *)(wb + (size_t)g * 256 + 64 * j));
+            w[j] = _mm512_and_si512(packed, nibble);
+            w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+        }
+        __m512 scale = load_bf16(sb + (size_t)g * BLOCK);
+        /* (level - 8) s + z = level s + (z - 8 s): the levels' products, then the sum of the inputs */
+        __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, load_bf16(zb + (size_t)g * BLOCK));
+#pragma GCC unroll 8
+        for (int k = 0; k < most; k++) {
+            if (k >= count) break;
+            int row = (r0 + k) * groups + g;
+            __m512 products = _mm512_cvtepi32_ps(group_products(w, xq + (size_t)(r0 + k) * in + g * GROUP));
+            acc[k] = _mm512_fmadd_ps(products, _mm512_mul_ps(scale, _mm512_set1_ps(xd[row])), acc[k]);
+            acc[k] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(xd[row] * (float)xs[row]), acc[k]);
+        }
+    }
+    for (int k = 0; k < count; k++)
+        store_outputs(y + (size_t)(r0 + k) * out, _mm512_add_ps(acc[k], added), valid);
+}
+
+void tabwrite_int4_block(int b, int rows, int in, int out, const quantized *x, const uint8_t *levels,
+                         const uint16_t *scales, const uint16_t *zeros, const uint16_t *bias, uint16_t *y) {
+    int groups = in / GROUP, valid = out - b * BLOCK;
     const uint8_t *wb = levels + (size_t)b * groups * 256;
     const uint16_t *sb = scales + (size_t)b * groups * BLOCK, *zb = zeros + (size_t)b * groups * BLOCK;
-    __m512 added = block_bias(bias ? bias + b * BLOCK : NULL, out - b * BLOCK);
-    for (int r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-        int count = rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK;
-        __m512 acc[ROW_BLOCK];
-        for (int k = 0; k < ROW_BLOCK; k++) acc[k] = _mm512_setzero_ps();
-        for (int g = 0; g < groups; g++) {
-            __m512i w[8];
-            const char *ahead = (const char *)(wb + (size_t)g * 256) + PREFETCH_BYTES;
-            for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
-            for (int j = 0; j < 4; j++) {
-                __m512i packed = _mm512_loadu_si512((const void *)(wb + (size_t)g * 256 + 64 * j));
-                w[j] = _mm512_and_si512(packed, nibble);
-                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-            }
-            __m512 scale = load_bf16(sb + (size_t)g * BLOCK);
-            /* (level - 8) s + z = level s + (z - 8 s): the levels' products, then the sum of the inputs */
-            __m512 minimum = _mm512_fmadd_ps(_mm512_set1_ps(-8.f), scale, load_bf16(zb + (size_t)g * BLOCK));
-#pragma GCC unroll 4
-            for (int k = 0; k < ROW_BLOCK; k++) {
-                if (k >= count) break;
-                int row = (r0 + k) * groups + g;
-                __m512 products = _mm512_cvtepi32_ps(group_products(w, xq + (size_t)(r0 + k) * in + g * GROUP));
-                acc[k] = _mm512_fmadd_ps(products, _mm512_mul_ps(scale, _mm512_set1_ps(xd[row])), acc[k]);
-                acc[k] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(xd[row] * (float)xs[row]), acc[k]);
-            }
-        }
-        for (int k = 0; k < count; k++)
-            store_outputs(y + (size_t)(r0 + k) * out + b * BLOCK, _mm512_add_ps(acc[k], added), out - b * BLOCK);
+    __m512 added = block_bias(bias ? bias + b * BLOCK : NULL, valid);
+    /* a step's few rows in fours; more in eights: each unpacking of the weights then serves twice the rows (a
+       prompt's 300 rows 5-10 % sooner), while 3 rows ran 2-4 % slower in a block made for 8 */
+    int most = rows >= ROWS_AT_MOST ? ROWS_AT_MOST : ROW_BLOCK;
+    for (int r0 = 0; r0 < rows; r0 += most) {
+        int count = rows - r0 < most ? rows - r0 : most;
+        if (most == ROWS_AT_MOST)
+            int4_block_rows(ROWS_AT_MOST, r0, count, groups, in, x, wb, sb, zb, added, y + b * BLOCK, valid, out);
+        else
+            int4_block_rows(ROW_BLOCK, r0, count, groups, in, x, wb, sb, zb, added, y + b * BLOCK, valid, out);
     }
 }
 
