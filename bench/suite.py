@@ -140,7 +140,8 @@ def weight_bytes(model):
     def size(tensor):
         return tensor.numel() * tensor.element_size()
 
-    dense_copies = [m.dense for m in model.modules() if isinstance(m, PackedLinear)]  # for large batches only
+    # for large batches only (none is kept where our kernel takes every batch)
+    dense_copies = [m.dense for m in model.modules() if isinstance(m, PackedLinear) and m.dense is not None]
     unread = {id(tensor) for layer in dense_copies  # their bias is the packed path's too
               for name, tensor in [*layer.named_parameters(), *layer.named_buffers()] if name != "bias"}
     if isinstance(model.get_output_embeddings(), (PackedLinear, BlockedLinear)):

@@ -72,7 +72,7 @@ def test_a_plain_weight_packs_within_half_a_level():
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("rows", [1, 3, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1, 40])
-def test_both_paths_compute_the_dense_copys_product(bits, rows, kernel):
+def test_both_paths_compute_the_dense_copys_product(bits, rows, kernel, amx):
     linear = torch.nn.Linear(128, 96)
     linear.weight.data, _ = q4_1_weight(96, 128, seed=rows)
     layer = PackedLinear.from_linear(linear, bits)
@@ -115,7 +115,7 @@ def test_the_small_batch_path_runs_the_packed_kernel(monkeypatch, kernel, amx):
     layer(torch.randn(300, 64).bfloat16())  # a prompt's rows
     if kernel == "vnni" and not amx:
         assert layer.packed_at_any_size and calls == [3, layer.small_batch_rows + 1, 300], "ours takes any batch"
-        assert layer.large_batch_product() is layer._kernel
+        assert layer.large_batch_product() is layer._kernel and layer.dense is None, "and no dense copy is kept"
     else:
         assert not layer.packed_at_any_size and calls == [3], "the larger batches took the dense copy"
         assert layer.large_batch_product() in (layer.dense, layer.dense.multiply)
@@ -188,6 +188,21 @@ def embedded_int4(embedded):
     return wrap_model(model, embedded.tokenizer, "embedded-int4")
 
 
+@pytest.fixture(scope="module")
+def embedded_int4_as_made(embedded):
+    """{with tiles: the embedded model in int4 as packed on a CPU with AMX tiles (True) or without (False)}."""
+    if native.library() is None:
+        pytest.skip(f"the VNNI kernel cannot run here: {native.why_not()}")
+    made = {}
+    for tiles in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(lowbit, "has_amx", lambda flags=None: tiles)
+            model = copy.deepcopy(embedded.model)
+            pack_model(model)
+        made[tiles] = wrap_model(model, embedded.tokenizer, f"embedded-int4-{'with' if tiles else 'without'}-tiles")
+    return made
+
+
 def test_the_embedded_model_in_int4_keeps_its_quality(embedded, embedded_int4):
     exact = Engine(embedded).score(QUALITY_PARAGRAPH)[0]["perplexity"]
     packed = Engine(embedded_int4).score(QUALITY_PARAGRAPH)[0]["perplexity"]
@@ -203,24 +218,15 @@ def divergence(expected_logits, logits):
     return (expected.exp() * (expected - actual)).sum(-1).max().item()
 
 
-def large_batches_packed(monkeypatch, model, packed):
-    """Let `model`'s layers on our kernel take large batches themselves (as without AMX tiles) or by dense copies."""
-    for layer in model.modules():
-        if isinstance(layer, PackedLinear) and layer.kernel == "vnni":
-            monkeypatch.setattr(layer, "packed_at_any_size", packed)
-
-
 @pytest.mark.parametrize("tiles", [True, False], ids=["with AMX tiles", "without"])
-def test_a_row_gets_close_logits_alone_and_in_a_large_batch(embedded, embedded_int4, monkeypatch, tiles):
-    if not tiles and native.library() is None:
-        pytest.skip(f"the VNNI kernel cannot run here: {native.why_not()}")
-    large_batches_packed(monkeypatch, embedded_int4.model, not tiles)
+def test_a_row_gets_close_logits_alone_and_in_a_large_batch(embedded, embedded_int4_as_made, tiles):
+    model = embedded_int4_as_made[tiles].model
     ids = embedded.tokenizer(["The cat sat on the", "Once upon a time", "Paris is the capital"] * 6,
                              return_tensors="pt", padding=True).input_ids[:, :5]
     with torch.inference_mode():
         exact = embedded.model(input_ids=ids[:1]).logits[:, -1]
-        alone = embedded_int4.model(input_ids=ids[:1]).logits[:, -1]  # 5 rows a layer: the packed kernels
-        batched = embedded_int4.model(input_ids=ids).logits[:1, -1]  # 18 × 5 rows: the dense copies, or ours
+        alone = model(input_ids=ids[:1]).logits[:, -1]  # 5 rows a layer: the packed kernels
+        batched = model(input_ids=ids).logits[:1, -1]  # 18 × 5 rows: the dense copies, or ours
     # measured: 0.019 nats alone with PyTorch's kernels, 0.069 with ours (8-bit activations), 0.007 batched
     assert divergence(exact, alone) < 0.12 and divergence(exact, batched) < (0.05 if tiles else 0.12)
     assert alone.argmax() == batched.argmax() == exact.argmax()
@@ -228,19 +234,26 @@ def test_a_row_gets_close_logits_alone_and_in_a_large_batch(embedded, embedded_i
         assert divergence(alone, batched) < 1e-4
 
 
-def test_without_amx_tiles_our_kernel_reads_prompts_and_the_int4_model_keeps_its_quality(embedded, embedded_int4,
-                                                                                       monkeypatch):
+def test_without_amx_tiles_the_int4_model_keeps_no_dense_copies_reads_prompts_on_our_kernel_and_keeps_its_quality(
+        embedded, embedded_int4_as_made, monkeypatch):
     """A prompt's rows through our kernel (8-bit activations per 32) score the text as the dense copies do."""
-    if native.library() is None:
-        pytest.skip(f"the VNNI kernel cannot run here: {native.why_not()}")
+    layers = {tiles: [m for m in loaded.model.modules() if isinstance(m, PackedLinear)]
+              for tiles, loaded in embedded_int4_as_made.items()}
+    assert all(layer.dense is not None for layer in layers[True])
+    assert all(layer.dense is None for layer in layers[False])
+    for kept, unpacked in zip(layers[True], layers[False]):  # the same weights, read back from the packed ones
+        assert torch.equal(kept.weight, unpacked.weight) and kept.bias is unpacked.bias is None  # Llama: no biases
+    held = {tiles: sum(t.numel() * t.element_size() for t in {id(t): t for t in [*loaded.model.parameters(),
+                                                                                    *loaded.model.buffers()]}.values())
+            for tiles, loaded in embedded_int4_as_made.items()}
+    assert held[True] - held[False] > 200e6, "the dense bfloat16 copies of 106M weights are not held"
     exact = Engine(embedded).score(QUALITY_PARAGRAPH)[0]["perplexity"]
     scored, calls = {}, []
     original = native.Layer.__call__
     monkeypatch.setattr(native.Layer, "__call__", lambda layer, rows: calls.append(len(rows)) or original(layer, rows))
-    for tiles in (True, False):
-        large_batches_packed(monkeypatch, embedded_int4.model, not tiles)
+    for tiles, loaded in embedded_int4_as_made.items():
         calls.clear()
-        scored[tiles] = Engine(embedded_int4).score(QUALITY_PARAGRAPH)[0]["perplexity"]
+        scored[tiles] = Engine(loaded).score(QUALITY_PARAGRAPH)[0]["perplexity"]
         assert (max(calls, default=0) > 36) == (not tiles), "the paragraph's rows went to our kernel only without"
     # measured: 24.68 in float32, 25.16 (+1.9 %) with the dense copies, 25.56 (+3.6 %) through our kernel; on
     # bench/formats.py's text 28.42, 28.86 and 28.85

@@ -51,14 +51,24 @@ COMPUTE_DTYPE = torch.bfloat16  # the packed kernels take bfloat16 activations (
 
 
 class PackedLinear(torch.nn.Module):
-    """A linear layer with packed 4- or 8-bit weights for small batches and their dense copy for large ones."""
+    """A linear layer with packed 4- or 8-bit weights for small batches and their dense copy for large ones.
+
+    (Without AMX tiles our kernel takes the large batches too, and no dense copy is kept.)
+    """
 
     def __init__(self, bits, dense, packed, scales, bias, zeros=None, kernel="aten"):
         """`packed`, `scales` (and for 4 bits on "vnni", `zeros`): the weights as `kernel` reads them."""
         super().__init__()
         self.bits, self.kernel = bits, kernel
         self.out_features, self.in_features = dense.shape
-        self.dense = dense_layer(dense, bias)  # the large batches' layer: blocked for the matrix units where it can
+        # without AMX tiles our kernel takes every batch (see VNNI_ROWS), and no dense copy is kept: it would be four
+        # times the packed bytes (GPT-2 large: 1.5 GB), never multiplied
+        self.packed_at_any_size = kernel == "vnni" and not has_amx()
+        if self.packed_at_any_size:
+            self.dense = None
+            self.own_bias = None if bias is None else torch.nn.Parameter(bias.to(COMPUTE_DTYPE), requires_grad=False)
+        else:
+            self.dense = dense_layer(dense, bias)  # the large batches' layer: blocked for the matrix units if it can
         self.small_batch_rows = small_batch_rows(bits, dense.numel(), isinstance(self.dense, BlockedLinear), kernel)
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
@@ -70,7 +80,6 @@ class PackedLinear(torch.nn.Module):
         weights = (self.packed, self.scales) + ((self.zeros,) if self.bits == 4 else ())
         self._kernel = (native.Layer(self.bits, weights, self.bias, self.in_features, self.out_features)
                         if self.kernel == "vnni" else None)
-        self.packed_at_any_size = self._kernel is not None and not has_amx()  # see VNNI_ROWS
 
     def large_batch_product(self):
         """The product of contiguous bfloat16 rows [n, in] past `small_batch_rows`, without the module's call.
@@ -90,13 +99,18 @@ class PackedLinear(torch.nn.Module):
 
     @property
     def weight(self):
-        """The dense bfloat16 [out, in] weight the packed one stands for."""
-        return self.dense.weight
+        """The dense bfloat16 [out, in] weight the packed one stands for (unpacked on each read where none is kept)."""
+        if self.dense is not None:
+            return self.dense.weight
+        if self.bits == 4:
+            levels, scales_and_zeros = native.unpack_int4(self.packed, self.scales, self.zeros, self.out_features)
+            return dequantize_int4(levels, scales_and_zeros)
+        return dequantize_rows_int8(*native.unpack_int8(self.packed, self.scales, self.out_features))
 
     @property
     def bias(self):
-        """The bias, held once by the dense layer and added on both paths."""
-        return self.dense.bias
+        """The bias, held once (by the dense layer where there is one) and added on both paths."""
+        return self.dense.bias if self.dense is not None else self.own_bias
 
     @classmethod
     def from_linear(cls, linear, bits):

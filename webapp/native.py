@@ -173,6 +173,17 @@ def _by_block(values, blocks):
     return values.reshape(values.shape[0], blocks, BLOCK).transpose(0, 1).contiguous()
 
 
+def unpack_int4(packed, scales, zeros, outputs):
+    """pack_int4's arguments back from what it returned: (levels uint8 [outputs, in], scales_and_zeros)."""
+    blocks, groups = packed.shape[:2]
+    low = (packed & 0x0F).transpose(2, 3).reshape(blocks, groups, BLOCK, 16)  # [blocks, groups, output, input]
+    high = (packed >> 4).transpose(2, 3).reshape(blocks, groups, BLOCK, 16)
+    grouped = torch.cat([low, high], dim=-1).transpose(1, 2)  # [blocks, output, groups, input]
+    levels = grouped.reshape(blocks * BLOCK, groups * GROUP)[:outputs]
+    scale, zero = (values.transpose(0, 1).reshape(groups, blocks * BLOCK)[:, :outputs] for values in (scales, zeros))
+    return levels, torch.stack([scale, zero], dim=-1)
+
+
 def pack_int8(levels, scales):
     """int8 levels [out, in] and their scales [out] as the kernel reads them: (uint8 weights + 128, float32 scales)."""
     outputs, inputs = levels.shape
@@ -244,3 +255,10 @@ def rotary(x, cos, sin):
 
 def _address(tensor):
     return None if tensor is None else tensor.data_ptr()
+
+
+def unpack_int8(packed, scales, outputs):
+    """pack_int8's arguments back from what it returned: (int8 levels [outputs, in], float32 scales [outputs])."""
+    blocks, groups = packed.shape[:2]
+    shifted = packed.permute(0, 3, 1, 2, 4).reshape(blocks * BLOCK, groups * GROUP)[:outputs]
+    return (shifted.to(torch.int16) - 128).to(torch.int8), scales[:outputs]
