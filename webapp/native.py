@@ -195,6 +195,13 @@ def pack_int8(levels, scales):
     return packed, torch.nn.functional.pad(scales.float(), (0, padding)).contiguous()
 
 
+def unpack_int8(packed, scales, outputs):
+    """pack_int8's arguments back from what it returned: (int8 levels [outputs, in], float32 scales [outputs])."""
+    blocks, groups = packed.shape[:2]
+    shifted = packed.permute(0, 3, 1, 2, 4).reshape(blocks * BLOCK, groups * GROUP)[:outputs]
+    return (shifted.to(torch.int16) - 128).to(torch.int8), scales[:outputs]
+
+
 class Layer:
     """A layer's packed weights bound to our kernel: call it on contiguous bfloat16 rows [n, in] for [n, out].
 
@@ -255,10 +262,3 @@ def rotary(x, cos, sin):
 
 def _address(tensor):
     return None if tensor is None else tensor.data_ptr()
-
-
-def unpack_int8(packed, scales, outputs):
-    """pack_int8's arguments back from what it returned: (int8 levels [outputs, in], float32 scales [outputs])."""
-    blocks, groups = packed.shape[:2]
-    shifted = packed.permute(0, 3, 1, 2, 4).reshape(blocks * BLOCK, groups * GROUP)[:outputs]
-    return (shifted.to(torch.int16) - 128).to(torch.int8), scales[:outputs]

@@ -14,9 +14,9 @@ import torch
 
 from . import native
 
-# Without the tiles, PyTorch's CPU attention on bfloat16 ran slower than on the same values in float32 (it converts
-# as it goes): a layer of the embedded model's 300-token prompt 1.79 against 1.63 ms with the conversions, 900 tokens
-# 10.3 against 6.2; at 50 tokens the conversions cost more than they save. From this many queries on, float32.
+# Without the tiles, PyTorch's CPU attention on bfloat16 ran slower here than on the same values in float32: a layer
+# of the embedded model's 300-token prompt 1.79 against 1.63 ms with the conversions, 900 tokens 10.3 against 6.2;
+# at 50 tokens the conversions cost more than they save. From this many queries on, float32.
 FLOAT32_QUERIES = 256
 # keyword arguments an attention call may carry that change nothing here (the cache's bookkeeping)
 HARMLESS = frozenset({"position_ids", "cache_position", "past_key_values", "past_key_value", "use_cache",
