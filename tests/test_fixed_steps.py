@@ -41,8 +41,12 @@ def tokens(generations):
 
 
 def step_until_finished(engine, generations):
+    """Step the unfinished ones together until all have finished; how many steps that took."""
+    steps = 0
     while not all(generation.finished for generation in generations):
         engine.step_many([generation for generation in generations if not generation.finished])
+        steps += 1
+    return steps
 
 
 def test_greedy_fixed_steps_equal_generate_for_a_class_batched_together(fixed):
@@ -231,17 +235,9 @@ def test_steps_that_cannot_be_captured_go_on_eagerly_and_say_why_once(plain, emb
     """Here capturing fails for a real reason (no CUDA in this PyTorch): the class is still served, the same."""
     engine = Engine(embedded, graphs="eager")
     engine.fixed.capture = True  # as on a CUDA device
-    settings = [dataclasses.replace(SAMPLED, seed=seed, length=6) for seed in range(3)]
-    texts = ["The weather today is", "Dear diary,", "Once upon a time"]
     with caplog.at_level("WARNING", logger="webapp.fixed_steps"):
-        generations = [engine.start(text, s)[0] for text, s in zip(texts, settings)]
-        steps = 0
-        while not all(generation.finished for generation in generations):
-            engine.step_many([generation for generation in generations if not generation.finished])
-            steps += 1
-    expected = [plain.start(text, s)[0] for text, s in zip(texts, settings)]
-    step_until_finished(plain, expected)
-    assert tokens(generations) == tokens(expected)
+        written, steps = three_sampled(engine, lengths=(6, 6, 6))
+    assert written == three_sampled(plain, lengths=(6, 6, 6))[0]
     assert engine.fixed.capture is False and engine.fixed.captures == 0 and engine.fixed.runs == steps > 3
     assert "CUDA" in engine.fixed.failure
     assert [record.message for record in caplog.records].count(
@@ -285,10 +281,7 @@ def three_sampled(engine, lengths=(6, 9, 12)):
     texts = ["The weather today is", "Dear diary,", "Once upon a time"]
     generations = [engine.start(text, dataclasses.replace(SAMPLED, seed=seed, length=length))[0]
                    for seed, (text, length) in enumerate(zip(texts, lengths))]
-    steps = 0
-    while not all(generation.finished for generation in generations):
-        engine.step_many([generation for generation in generations if not generation.finished])
-        steps += 1
+    steps = step_until_finished(engine, generations)
     return tokens(generations), steps
 
 

@@ -248,9 +248,7 @@ def test_without_amx_tiles_the_int4_model_keeps_no_dense_copies_reads_prompts_on
             for tiles, loaded in embedded_int4_as_made.items()}
     assert held[True] - held[False] > 200e6, "the dense bfloat16 copies of 106M weights are not held"
     exact = Engine(embedded).score(QUALITY_PARAGRAPH)[0]["perplexity"]
-    scored, calls = {}, []
-    original = native.Layer.__call__
-    monkeypatch.setattr(native.Layer, "__call__", lambda layer, rows: calls.append(len(rows)) or original(layer, rows))
+    scored, calls = {}, watch_packed_kernel(monkeypatch, "vnni", 4)
     for tiles, loaded in embedded_int4_as_made.items():
         calls.clear()
         scored[tiles] = Engine(loaded).score(QUALITY_PARAGRAPH)[0]["perplexity"]

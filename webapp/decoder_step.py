@@ -183,7 +183,7 @@ class StepPlan:
         return self.final_norm(model)(hidden)
 
     def step_by_layers(self, model, input_ids, position_ids, cache, visible, slots=None, slot_of_row=None):
-        """`step` for more rows than the packed products take: large_batch products between our C pieces.
+        """`step` for more rows than the packed products take: their large-batch products between our C pieces.
 
         A class's step (30 clients, 90 rows) went through transformers' layers, some 130
         operations each; here a layer is its products (oneDNN's on AMX tiles, else ours) and
@@ -303,19 +303,19 @@ class LlamaPlan(StepPlan):
     def queries_keys_values(layer, normed):
         """The large-batch products' queries, keys and values [rows, width each] (keys and values alike in stride)."""
         attention = layer.self_attn
-        return tuple(large_batch(projection)(normed)
+        return tuple(projection.large_batch_product()(normed)
                      for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
 
     @staticmethod
     def output_product(layer):
-        return large_batch(layer.self_attn.o_proj)
+        return layer.self_attn.o_proj.large_batch_product()
 
     @staticmethod
     def mlp(layer, normed):
-        """down(silu(gate(x)) × up(x)), large_batch products, the activation in C."""
+        """down(silu(gate(x)) × up(x)), the large-batch products, the activation in C."""
         mlp = layer.mlp
-        gate, up = large_batch(mlp.gate_proj)(normed), large_batch(mlp.up_proj)(normed)
-        return large_batch(mlp.down_proj)(native.silu_mul(gate, up))
+        gate, up = mlp.gate_proj.large_batch_product()(normed), mlp.up_proj.large_batch_product()(normed)
+        return mlp.down_proj.large_batch_product()(native.silu_mul(gate, up))
 
     def embed(self, model, input_ids, position_ids):
         """The rows' embeddings, and the rotary embedding's (cos, sin) at their positions, [rows, width] each."""
@@ -377,18 +377,18 @@ class GPT2Plan(StepPlan):
     @staticmethod
     def queries_keys_values(block, normed):
         """The joint product's queries, keys and values: views of its rows, side by side in each."""
-        return large_batch(block.attn.c_attn)(normed).chunk(3, dim=1)
+        return block.attn.c_attn.large_batch_product()(normed).chunk(3, dim=1)
 
     @staticmethod
     def output_product(block):
-        return large_batch(block.attn.c_proj)
+        return block.attn.c_proj.large_batch_product()
 
     @staticmethod
     def mlp(block, normed):
-        """proj(gelu(fc(x))), large_batch products, the activation in C."""
-        wide = large_batch(block.mlp.c_fc)(normed)
+        """proj(gelu(fc(x))), the large-batch products, the activation in C."""
+        wide = block.mlp.c_fc.large_batch_product()(normed)
         native.library().tabwrite_gelu_tanh(wide.data_ptr(), wide.numel(), torch.get_num_threads())
-        return large_batch(block.mlp.c_proj)(wide)
+        return block.mlp.c_proj.large_batch_product()(wide)
 
     def embed(self, model, input_ids, position_ids):
         """The rows' token and position embeddings, added (in bfloat16, as transformers adds them)."""
@@ -414,11 +414,6 @@ class GPT2Plan(StepPlan):
 
 
 PLANS = {NativeLlamaModel: LlamaPlan, NativeGPT2Model: GPT2Plan}
-
-
-def large_batch(projection):
-    """A packed projection's product for a class's many rows (lowbit.PackedLinear.large_batch_product)."""
-    return projection.large_batch_product()
 
 
 def _fits(head_dim, hidden):
