@@ -52,7 +52,7 @@ def parse_args():
 
 def load_tokenizer_and_model(name, dtype, device="cpu"):
     from webapp.config import cache_dir
-    from webapp.models import load_model, resolve_model
+    from webapp.models.loading import load_model, resolve_model
 
     return load_model(resolve_model(name), device=device, dtype=dtype, cache_root=cache_dir({}))
 

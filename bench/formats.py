@@ -32,12 +32,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from webapp.accel import native  # noqa: E402
+from webapp.accel.cpu import cpu_flags  # noqa: E402
 from webapp.config import cache_dir  # noqa: E402
-from webapp.engine import Engine  # noqa: E402
-from webapp.formats import cpu_flags  # noqa: E402
-from webapp.models import load_model, resolve_model  # noqa: E402
-from webapp.protocol import SamplingSettings  # noqa: E402
-from webapp import kvcache, native, shared_prompt  # noqa: E402
+from webapp.generation import kvcache, shared_prompt
+from webapp.generation.engine import Engine  # noqa: E402
+from webapp.models.loading import load_model, resolve_model  # noqa: E402
+from webapp.web.protocol import SamplingSettings  # noqa: E402
 
 RANDOM_GPT2_LARGE = ROOT / "bench" / ".models" / "gpt2-large-random"
 QUALITY_TEXT = (
@@ -180,7 +181,7 @@ def _llama_cpp_figures(text_300, text_211, steps, threads):
     """One sequence's decoding step after a 300-token prompt, and the prefill of 211 tokens (median ms)."""
     from llama_cpp import Llama
 
-    from webapp.models import embedded_gguf_path
+    from webapp.models.loading import embedded_gguf_path
 
     llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
 

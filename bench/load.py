@@ -29,7 +29,7 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from webapp.metrics import percentile  # noqa: E402 (after the path is set; the dashboard's own percentile)
+from webapp.hosting.metrics import percentile  # noqa: E402 (after the path is set; the dashboard's own percentile)
 
 WORDS = ("the river school garden morning story quiet teacher window friend summer light music city "
          "bridge letter forest winter train evening market question answer journey").split()

@@ -39,7 +39,6 @@ def parse_args():
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda: the server's and the baseline's")
-    parser.add_argument("--cuda-graphs", default="auto", help="the server's --cuda-graphs (auto, eager, off)")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--clients", default="1,8,30")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -134,8 +133,8 @@ def timed(call):
 
 def weight_bytes(model):
     """Bytes of weights a client's decoding step reads: every parameter once, packed and blocked weights as stored."""
-    from webapp.blocked import BlockedLinear
-    from webapp.lowbit import PackedLinear
+    from webapp.accel.blocked import BlockedLinear
+    from webapp.accel.lowbit import PackedLinear
 
     def size(tensor):
         return tensor.numel() * tensor.element_size()
@@ -161,14 +160,14 @@ def weight_bytes(model):
 
 def main():
     args = parse_args()
-    from webapp.models import pick_device, pick_dtype, resolve_model
+    from webapp.models.loading import pick_device, pick_dtype, resolve_model
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device, resolve_model(args.model))  # what the server's --dtype would pick
     loaded = single.load_tokenizer_and_model(args.model, dtype, device)
-    process, url = single.start_server(args.model, dtype, device, ["--cuda-graphs", args.cuda_graphs])
+    process, url = single.start_server(args.model, dtype, device)
     machine = single.machine() + (f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else "")
-    results = {"machine": machine, "device": device, "cuda_graphs": args.cuda_graphs, "model": loaded.name,
+    results = {"machine": machine, "device": device, "model": loaded.name,
                "format": dtype, "n": N, "length": LENGTH,
                "trials": args.trials, "documents": [], "extend": {}, "clients": [], "floor": {}}
     try:
@@ -210,7 +209,7 @@ def main():
 
 def markdown(r):
     lines = [f"Machine: {r['machine']}",
-             f"Model: {r['model']} ({r['format']}, {r['device']}, --cuda-graphs {r['cuda_graphs']}); "
+             f"Model: {r['model']} ({r['format']}, {r['device']}); "
              f"{r['n']} options of {r['length']} "
              f"tokens; {r['trials']} trials per row; baseline: generate(num_return_sequences={r['n']}) per request", "",
              "| document | Tab → first text p50 / p95, cold | primed | baseline (first text = complete) | ratio cold "

@@ -15,7 +15,7 @@ import torch
 
 from webapp import create_app
 from webapp.config import cache_dir
-from webapp.models import load_model, resolve_model, wrap_model
+from webapp.models.loading import load_model, resolve_model, wrap_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -4,11 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from webapp import config
 from webapp.cli import build_parser, model_setting, print_banner
-from webapp.sharing import share_url
+from webapp.hosting.sharing import share_url
 
 
 def test_defaults(monkeypatch):
@@ -58,13 +56,3 @@ def test_the_banner_for_localhost_says_how_to_open_it_to_a_class(capsys):
     print_banner({"HOST": "127.0.0.1", "PORT": 5000, "ACCESS_CODE": "", "ADMIN_TOKEN": "t0k"}, "gpt2")
     out = capsys.readouterr().out
     assert "http://127.0.0.1:5000/" in out and "--host 0.0.0.0 --access-code" in out and "█" not in out
-
-
-def test_cuda_graphs_come_from_the_environment_or_the_flag_and_only_as_known(monkeypatch, capsys):
-    assert build_parser().parse_args([]).cuda_graphs == "auto"
-    monkeypatch.setenv("TABWRITE_CUDA_GRAPHS", "off")
-    assert build_parser().parse_args([]).cuda_graphs == "off"
-    assert build_parser().parse_args(["--cuda-graphs", "eager"]).cuda_graphs == "eager"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--cuda-graphs", "always"])
-    assert "invalid choice: 'always'" in capsys.readouterr().err

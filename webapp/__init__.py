@@ -16,18 +16,24 @@ def create_app(config=None, model=None):
     from flask_socketio import SocketIO
 
     from . import config as settings
-    from .access import (Gatekeeper, SessionInterface, access, add_security_headers, check_secret_key,
-                         refuse_foreign_posts)
-    from .admin import admin
-    from .classroom import Classroom
-    from .concurrency import Runner
-    from .documents import documents
-    from .events import register_events
-    from .loader import ModelLoader, ModelSet
-    from .protocol import STATUS
-    from .scheduler import Scheduler
-    from .store import Store
-    from .views import views
+    from .hosting.access import (
+        Gatekeeper,
+        SessionInterface,
+        access,
+        add_security_headers,
+        check_secret_key,
+        refuse_foreign_posts,
+    )
+    from .hosting.admin import admin
+    from .hosting.classroom import Classroom
+    from .hosting.store import Store
+    from .serving.concurrency import Runner
+    from .serving.loader import ModelLoader, ModelSet
+    from .serving.scheduler import Scheduler
+    from .web.documents import documents
+    from .web.events import register_events
+    from .web.protocol import STATUS
+    from .web.views import views
 
     app = Flask(__name__, static_folder="../static", template_folder="../templates")
     app.config.from_mapping(settings.DEFAULTS)

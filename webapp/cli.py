@@ -9,7 +9,7 @@ from . import config as settings  # plain Python: safe to import before eventlet
 
 # How often Python hands the GIL between threads (default 5 ms). The hub thread gives the
 # GIL up at every socket call and waited up to this long to get it back each time while
-# the model thread ran Python code: one page load took 1.6 s while a model loaded.
+# the model thread ran Python code, so pages loaded slowly while a model loaded.
 SWITCH_INTERVAL = 0.0005
 
 
@@ -22,8 +22,6 @@ def build_parser():
                              f"repeat it to serve several, the first being the default (default: {env['MODEL']})")
     parser.add_argument("--device", default=env["DEVICE"], help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=env["DTYPE"], help="auto, float32, bfloat16, float16, int8 or int4 (CPU)")
-    parser.add_argument("--cuda-graphs", default=env["CUDA_GRAPHS"], choices=settings.GRAPH_MODES,
-                        help="auto: replay decoding steps as CUDA graphs on a CUDA GPU; eager; off")
     parser.add_argument("--host", default=env["HOST"], help="address to listen on (0.0.0.0 for a whole network)")
     parser.add_argument("--port", type=int, default=env["PORT"], help="port to listen on")
     parser.add_argument("--max-context", type=int, default=env["MAX_CONTEXT"], help="most tokens the model reads")
@@ -52,11 +50,10 @@ def main(argv=None):
     models = model_setting(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import create_app
-    from .access import ConfigError
-    from .models import ModelError
+    from .hosting.access import ConfigError
+    from .models.loading import ModelError
 
-    config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "CUDA_GRAPHS": args.cuda_graphs,
-              "HOST": args.host,
+    config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
               "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet",
               "ACCESS_CODE": args.access_code, "ADMIN_TOKEN": args.admin_token,
               "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database}
@@ -80,7 +77,7 @@ def model_setting(args):
 
 def print_banner(config, model):
     """What the teacher shares: the address (and its QR code), the class code, the dashboard's token."""
-    from .sharing import ANY_ADDRESS, print_qr, share_url
+    from .hosting.sharing import ANY_ADDRESS, print_qr, share_url
 
     url = share_url(config["HOST"], config["PORT"])
     lines = [f"TabWrite is serving {model} at {url}"]

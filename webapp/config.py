@@ -28,9 +28,6 @@ SETTINGS = (
     Setting("DTYPE", "auto",
             "auto (bfloat16 on GPUs and on CPUs with AMX/AVX-512-BF16, int4 there for the embedded model, "
             "else float32), float32, bfloat16, float16, int8 or int4 (CPU only)."),
-    Setting("CUDA_GRAPHS", "auto",
-            "auto: on a CUDA GPU, batched decoding steps run in fixed shapes, each replayed as a captured CUDA "
-            "graph; eager: fixed shapes without capturing (a check, on any device); off: steps as they come."),
     Setting("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 serves the whole network."),
     Setting("PORT", 5000, "Port to listen on."),
     Setting("ASYNC_MODE", "eventlet", "Flask-SocketIO async mode: eventlet (served) or threading (tests)."),
@@ -65,8 +62,6 @@ LIMITS = (
     Setting("PUBLISH_MAX_CHARS", 50000, "Longest document a student may publish as a read-only link."),
     Setting("PUBLISHED_PER_STUDENT", 50, "Documents one student may publish."),
 )
-
-GRAPH_MODES = ("auto", "eager", "off")  # the CUDA_GRAPHS setting's values (engine.Engine says what each does)
 
 DEFAULTS = {s.name: s.default for s in SETTINGS + LIMITS}
 

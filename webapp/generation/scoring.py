@@ -1,0 +1,97 @@
+"""How likely the model finds a text, token by token (perplexity, the surprise view), and what it expects next.
+
+Functions of an Engine (its model, vocabulary and prompt caches), which its methods call.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import kvcache
+from .sampling import reshape
+from .state import HoldsCache, Prefix, keep_common_start
+
+SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
+DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
+
+
+@dataclass
+class Scored(HoldsCache):
+    """A tab's last scored tokens, their results and the keys and values of the model's inputs for them."""
+
+    ids: list
+    results: list  # per token: (id, log-probability, rank, [(alternative id, log-probability), ...])
+    cache: object
+
+
+def score(engine, text, previous=None):
+    """How likely the model finds `text` (its last context window), token by token, and its perplexity.
+
+    Every token is predicted from the ones before it; the first from the start-of-text
+    token. Each scored token carries its log-probability, its rank among all tokens the
+    model could have put there (1 = the likeliest), the model's likeliest alternatives,
+    and where it ends in `text` (in UTF-16 code units, as the page counts). Perplexity is
+    exp of the mean negative log-likelihood over the scored tokens.
+
+    `previous` (the Scored of this tab's last score, used up) lets the tokens `text`
+    still begins with keep their results and their keys and values, so that only the
+    new tokens are read. Returns the scores and the new Scored (None for an empty text).
+    """
+    ids, ends = engine.vocab.ids_with_ends(text)
+    truncated = max(0, len(ids) - (engine.loaded.max_context - 1))
+    scored_from = ends[truncated - 1] if truncated else 0
+    ids, ends = ids[truncated:], ends[truncated:]
+    if not ids:
+        return {"tokens": [], "perplexity": None, "truncated_tokens": truncated, "scored_from": scored_from}, None
+    scored = _score_ids(engine, ids, previous)
+    tokens = [
+        {"text": engine.vocab.piece(token), "logprob": round(value, 5), "rank": rank, "end": end,
+         "top": [{"text": engine.vocab.piece(other), "logprob": round(other_value, 4)} for other, other_value in top]}
+        for (token, value, rank, top), end in zip(scored.results, ends)
+    ]
+    mean = sum(value for _, value, _, _ in scored.results) / len(scored.results)
+    return {"tokens": tokens, "perplexity": math.exp(-mean), "truncated_tokens": truncated,
+            "scored_from": scored_from}, scored
+
+def _score_ids(engine, ids, previous):
+    """Per token of `ids`: (id, log-probability, rank, top alternatives); reusing what `previous` scored."""
+    if previous is not None and previous.ids == ids:
+        return previous
+    # the model's inputs are [start] + ids[:-1]: the cache holds one position per scored token
+    cache, common = keep_common_start(previous.ids, previous.cache, ids) if previous else (None, 0)
+    if common == len(ids):  # the text only lost its end: every token left is scored already
+        return Scored(list(ids), previous.results[:common], cache)
+    inputs = torch.tensor([([engine.start_id] + ids[:-1])[common:]], device=engine.device)
+    out = engine.model(input_ids=inputs, cache=cache, use_cache=True)
+    logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+    actual = logprobs.gather(1, torch.tensor(ids[common:], device=engine.device)[:, None])[:, 0]
+    ranks = ((logprobs > actual[:, None]).sum(dim=1) + 1).tolist()
+    top_values, top_ids = logprobs.topk(SCORE_ALTERNATIVES, dim=-1)
+    fresh = [(token, value, rank, list(zip(others, other_values))) for token, value, rank, others, other_values
+             in zip(ids[common:], actual.tolist(), ranks, top_ids.tolist(), top_values.tolist())]
+    kept = previous.results[:common] if common else []
+    return Scored(list(ids), kept + fresh, out.cache)
+
+def next_token_logits(engine, text, prefix=None):
+    """The model's logits for the token after `text` (float32, [vocab]) and `text`'s Prefix for later reuse.
+
+    No token healing: the chart shows what follows the text exactly as typed.
+    """
+    ids = engine.vocab.ids(text)
+    ids = ids[-(engine.loaded.max_context - 1):] or [engine.start_id]
+    cache, common = engine.reusable(prefix, ids)
+    piece = torch.tensor([ids[common:]], device=engine.device)
+    out = engine.model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1].float(), Prefix(ids, kvcache.growing(out.cache))
+
+def distribution(vocab, logits, settings, top=DISTRIBUTION_TOP):
+    """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives."""
+    model_probs = torch.softmax(logits.float(), dim=-1)
+    shaped = reshape(logits[None], settings)[0]
+    values, order = model_probs.topk(top)
+    tokens = [{"text": vocab.piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6),
+               "kept": bool(shaped[token] > 0)}
+              for token, prob in zip(order.tolist(), values.tolist())]
+    return {"tokens": tokens, "candidates": int((shaped > 0).sum()), "vocabulary": int(logits.shape[-1]),
+            "shown_mass": round(float(values.sum()), 6),
+            "shown_shaped_mass": round(float(shaped[order].sum()), 6)}

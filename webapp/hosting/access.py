@@ -1,0 +1,234 @@
+"""Who may use the server: the class code and session cookie, the teacher's token, origins and headers."""
+import hmac
+import secrets
+from functools import wraps
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    current_app,
+    g,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+
+from .store import digest
+from .throttle import SlidingWindow
+
+SESSION_COOKIE = "tabwrite_session"
+SESSION_MAX_AGE = 30 * 24 * 3600  # a term's worth of lessons without typing the code again
+MAX_NAME_CHARS = 40
+MIN_SECRET_CHARS = 32
+WEAK_SECRETS = {"secret", "dev", "development", "changeme", "change-me", "password", "default", "tabwrite"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+# No inline script or style, nothing from elsewhere, no framing by other sites. `connect-src
+# 'self'` covers the page's own ws:// and wss:// address in current browsers.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+                           "frame-ancestors 'self'")
+
+access = Blueprint("access", __name__)
+
+
+class ConfigError(ValueError):
+    """A setting that makes the server unsafe or unusable; start-up stops with its message."""
+
+
+def check_secret_key(config):
+    """The secret key to use: the configured one if strong enough for the host, else a random one."""
+    key = config.get("SECRET_KEY") or ""
+    if not key:
+        return secrets.token_hex(32)  # one per run: the teacher signs in again after a restart
+    weak = len(key) < MIN_SECRET_CHARS or key.lower() in WEAK_SECRETS
+    if weak and config["HOST"] not in LOOPBACK_HOSTS:
+        raise ConfigError(f"SECRET_KEY is too weak to serve {config['HOST']}: use at least {MIN_SECRET_CHARS} random "
+                          "characters (python -c 'import secrets; print(secrets.token_hex(32))'), "
+                          "or leave it empty for a random key per run")
+    return key
+
+
+class Gatekeeper:
+    """The access rules of one app: class code, teacher token, allowed origins and the join throttle."""
+
+    def __init__(self, config, classroom):
+        self.classroom = classroom
+        self.admin_token = config["ADMIN_TOKEN"]
+        self.extra_origins = {o.strip().rstrip("/") for o in config["ALLOWED_ORIGINS"].split(",") if o.strip()}
+        self.attempts = SlidingWindow(config["JOIN_ATTEMPTS_PER_MINUTE"])
+
+    def origin_allowed(self, origin, environ):
+        """Same origin as the request's Host (or its proxy's), or one of --allowed-origin."""
+        if origin is None:
+            return True  # not a browser: nothing for a foreign page to abuse
+        own = {f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"}
+        forwarded_host = environ.get("HTTP_X_FORWARDED_HOST")
+        if forwarded_host:
+            scheme = environ.get("HTTP_X_FORWARDED_PROTO", "https").split(",")[0].strip()
+            own.add(f"{scheme}://{forwarded_host.split(',')[0].strip()}")
+        return origin.rstrip("/") in own | self.extra_origins
+
+    def is_admin(self):
+        """Whether this request carries the teacher's signed cookie for the current token."""
+        return hmac.compare_digest(session.get("admin", ""), digest(self.admin_token))
+
+    def too_many_attempts(self):
+        """Seconds this address must wait before another code or token is checked (0: go ahead)."""
+        return self.attempts.retry_after(request.remote_addr or "?")
+
+    def failed_attempt(self):
+        self.attempts.hit(request.remote_addr or "?")
+
+
+def gatekeeper():
+    return current_app.extensions["tabwrite.access"]
+
+
+def set_session_cookie(response, token):
+    """The student's cookie: random, HttpOnly, SameSite=Lax, Secure over HTTPS."""
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_MAX_AGE, httponly=True, samesite="Lax",
+                        secure=request.is_secure)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie (the teacher's), marked Secure whenever the page came over HTTPS."""
+
+    def get_cookie_secure(self, app):
+        return request.is_secure
+
+
+def add_security_headers(response):
+    """Every response: CSP without inline script, nosniff, no framing by other sites."""
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def refuse_foreign_posts():
+    """A form or API call posted from another site's page is refused before any handler runs."""
+    if request.method == "POST" and not gatekeeper().origin_allowed(request.headers.get("Origin"), request.environ):
+        return make_response(("This request came from another site.", 403))
+    return None
+
+
+def resolve_session():
+    """This visitor's session: from the cookie, else a new guest one in a class without a code.
+
+    Returns (session, new cookie token or None); session is None when the visitor must join first.
+    """
+    classroom = gatekeeper().classroom
+    found = classroom.session_for(request.cookies.get(SESSION_COOKIE))
+    if found is not None or classroom.code:
+        return found, None
+    token, guest = classroom.guest_session()
+    return guest, token
+
+
+def student_page(view):
+    """Serve `view` to a joined student (as `g.session`); send anyone else to /join."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        g.session, new_token = resolve_session()
+        if g.session is None:
+            return redirect(url_for("access.join", next=request.path))
+        response = make_response(view(*args, **kwargs))
+        if new_token:
+            set_session_cookie(response, new_token)
+        return response
+
+    return wrapper
+
+
+def admin_only(view):
+    """Serve `view` to the teacher only: pages go to the sign-in form, API calls get 401."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if gatekeeper().is_admin():
+            return view(*args, **kwargs)
+        if request.path.startswith("/admin/api/"):
+            return jsonify({"error": "sign in at /admin first"}), 401
+        return redirect(url_for("access.admin_login"))
+
+    return wrapper
+
+
+def _safe_next(target):
+    """Only a path on this site may follow a join (no open redirect)."""
+    parts = urlsplit(target or "/")
+    return target if target and target.startswith("/") and not parts.netloc and not target.startswith("//") else "/"
+
+
+def _throttled(template, **context):
+    wait = gatekeeper().too_many_attempts()
+    if wait <= 0:
+        return None
+    response = make_response(render_template(template, error=f"Too many tries. Wait {wait:.0f} seconds.",
+                                             **context), 429)
+    response.headers["Retry-After"] = str(int(wait) + 1)
+    return response
+
+
+@access.route("/join", methods=["GET", "POST"])
+def join():
+    """The class-code form; a right code and a display name give a session cookie."""
+    keeper = gatekeeper()
+    target = _safe_next(request.values.get("next"))
+    if not keeper.classroom.code:
+        return redirect(target)
+    if request.method == "GET":
+        return render_template("join.html", error=None, name="", next=target)
+    name = " ".join(request.form.get("name", "").split())
+    refused = _throttled("join.html", name=name, next=target)
+    if refused:
+        return refused
+    if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+        return render_template("join.html", error=f"Choose a name of 1 to {MAX_NAME_CHARS} characters.",
+                               name=name[:MAX_NAME_CHARS], next=target), 400
+    if not hmac.compare_digest(request.form.get("code", "").strip().encode(), keeper.classroom.code.encode()):
+        keeper.failed_attempt()
+        return render_template("join.html", error="That code did not work.", name=name, next=target), 403
+    token, _ = keeper.classroom.store.create_session(name, keeper.classroom.code)
+    response = redirect(target)
+    set_session_cookie(response, token)
+    return response
+
+
+@access.post("/leave")
+def leave():
+    """Forget this browser's session."""
+    response = redirect(url_for("access.join"))
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@access.route("/admin/login", methods=["GET", "POST"])
+def admin_login():
+    """The teacher's sign-in with the admin token printed at start-up."""
+    keeper = gatekeeper()
+    if request.method == "GET":
+        return render_template("admin_login.html", error=None)
+    refused = _throttled("admin_login.html")
+    if refused:
+        return refused
+    if not hmac.compare_digest(request.form.get("token", "").strip().encode(), keeper.admin_token.encode()):
+        keeper.failed_attempt()
+        return render_template("admin_login.html", error="That token did not work."), 403
+    session["admin"] = digest(keeper.admin_token)
+    return redirect(url_for("admin.dashboard"))
+
+
+@access.post("/admin/logout")
+def admin_logout():
+    """End the teacher's sign-in."""
+    session.pop("admin", None)
+    return redirect(url_for("access.admin_login"))

@@ -1,0 +1,134 @@
+"""Who is connected, what each student may ask, and the class settings: the live state of a class."""
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..web import protocol
+from ..web.protocol import ProtocolError
+from .metrics import Metrics
+from .policy import ClassPolicy
+from .store import Session
+from .throttle import SlidingWindow
+
+log = logging.getLogger(__name__)
+
+POLICY_KEY = "policy"
+
+
+@dataclass
+class Student:
+    """One student (one session; several tabs share it) and their activity."""
+
+    id: str
+    name: str
+    sids: set = field(default_factory=set)
+    joined: float = field(default_factory=time.time)
+    requests: int = 0
+    tokens: int = 0
+    refused: int = 0  # requests refused by the rate limit
+    last_request: float | None = None
+
+    def describe(self):
+        """A row of the dashboard's student list."""
+        return {"id": self.id, "name": self.name, "connections": len(self.sids), "joined": self.joined,
+                "requests": self.requests, "tokens": self.tokens, "refused": self.refused,
+                "last_request": self.last_request}
+
+
+class Classroom:
+    """Sessions to students, connections to students, per-student limits and the class policy."""
+
+    def __init__(self, store, config):
+        self.store = store
+        self.code = config["ACCESS_CODE"]
+        self.max_options = config["MAX_OPTIONS"]
+        self.max_length = config["MAX_LENGTH"]
+        self.rate = SlidingWindow(config["REQUESTS_PER_MINUTE"])
+        self.metrics = Metrics()
+        self.students = {}  # student id -> Student, while connected
+        self.by_sid = {}  # Socket.IO sid -> Student
+        self.policy = self._load_policy()
+
+    # ---- sessions and connections --------------------------------------------------
+
+    def session_for(self, token):
+        """The session behind a cookie, or None (then a class with a code refuses the visitor)."""
+        return self.store.find_session(token, self.code)
+
+    def guest_session(self):
+        """A session for a visitor of a class without a code (the page gets it as a cookie)."""
+        return self.store.create_session("guest", self.code)
+
+    def connect(self, sid, session):
+        """A connection opened; `session` None means a cookie-less client of an open class."""
+        if session is None:
+            session = Session(student_id=f"conn-{sid}", name="guest")
+        student = self.students.get(session.student_id)
+        if student is None:
+            student = self.students[session.student_id] = Student(session.student_id, session.name)
+        student.sids.add(sid)
+        self.by_sid[sid] = student
+        self.metrics.connections(len(self.by_sid))
+        return student
+
+    def disconnect(self, sid):
+        """A connection closed; a student with no tab left leaves the list."""
+        student = self.by_sid.pop(sid, None)
+        if student is not None:
+            student.sids.discard(sid)
+            if not student.sids:
+                self.students.pop(student.id, None)
+        self.metrics.connections(len(self.by_sid))
+
+    def student_of(self, sid):
+        """The student behind a connection."""
+        return self.by_sid[sid]
+
+    def sign_out(self, student_id):
+        """End a student's sessions; return the connections to close."""
+        self.store.end_sessions(student_id)
+        student = self.students.get(student_id)
+        return sorted(student.sids) if student else []
+
+    # ---- limits -----------------------------------------------------------------------
+
+    def admit(self, student, settings):
+        """Apply the class policy and the rate limit to a request's settings; raise ProtocolError if refused."""
+        settings = self.policy.apply(settings) if settings is not None else None
+        wait = self.rate.retry_after(student.id)
+        if wait > 0:
+            student.refused += 1
+            raise ProtocolError(f"too many requests: at most {self.rate.limit} a minute; try again in {wait:.0f} s",
+                                code=protocol.RATE_LIMITED, retry_after=wait)
+        self.rate.hit(student.id)
+        student.requests += 1
+        student.last_request = time.time()
+        return settings
+
+    def finished(self, sid, stats):
+        """A request ended: count its tokens for its student and the class."""
+        tokens = stats.get("new_tokens", 0)
+        student = self.by_sid.get(sid)
+        if student is not None:
+            student.tokens += tokens
+        self.metrics.request_done(stats.get("first_delta_ms"), tokens)
+
+    # ---- the teacher's settings -----------------------------------------------------
+
+    def set_policy(self, payload):
+        """Validate and save the teacher's defaults and locks; return the new policy."""
+        self.policy = ClassPolicy.from_payload(payload, self.max_options, self.max_length)
+        self.store.save_setting(POLICY_KEY, {"defaults": self.policy.defaults, "locked": sorted(self.policy.locked)})
+        return self.policy
+
+    def _load_policy(self):
+        saved = self.store.load_setting(POLICY_KEY, {})
+        try:
+            return ClassPolicy.from_payload(saved, self.max_options, self.max_length)
+        except ProtocolError as error:  # e.g. the caps were lowered since: start clean, say why
+            log.warning("ignoring the saved class settings (%s)", error)
+            return ClassPolicy(max_options=self.max_options, max_length=self.max_length)
+
+    def roster(self):
+        """The dashboard's list of connected students, busiest first."""
+        return sorted((s.describe() for s in self.students.values()), key=lambda row: (-row["requests"], row["name"]))
