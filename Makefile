@@ -17,6 +17,12 @@ run: $(VENV)/.app-installed node_modules/.package-lock.json
 
 test: $(VENV)/.test-installed node_modules/.package-lock.json browser-deps
 	$(BIN)/python -m pytest $(ARGS)
+ifeq ($(ARGS),)
+	@# the CPU-dependent folders again as on a CPU without AVX-512 (where this one has it): every path, every machine
+	@if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then \
+	  echo "== tests/accel, tests/models, tests/generation again with TABWRITE_CPU_LEVEL=avx2 =="; \
+	  TABWRITE_CPU_LEVEL=avx2 $(BIN)/python -m pytest -q tests/accel tests/models tests/generation; fi
+endif
 
 # The whole speed story against a real server (bench/suite.py); results in bench/results/.
 bench: $(VENV)/.bench-installed node_modules/.package-lock.json
