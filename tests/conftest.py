@@ -240,6 +240,15 @@ class RunningServer:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded):
+    """A tiny random GPT-2 on disk: starts in a second, and its protocol is real."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    build_tiny_gpt2(embedded.tokenizer).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def embedded_server(embedded):
     """`--model auto` with no Hub and an empty Hugging Face cache: the embedded model, with a warning."""
     empty_hf_home = ARTIFACTS / "empty-hf-home"

@@ -14,10 +14,12 @@ def create_app(config=None, model=None):
 
     from flask import Flask
     from flask_socketio import SocketIO
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from . import config as settings
     from .hosting.access import (
         Gatekeeper,
+        HostCheck,
         SessionInterface,
         access,
         add_security_headers,
@@ -45,10 +47,16 @@ def create_app(config=None, model=None):
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.session_interface = SessionInterface()
 
-    classroom = Classroom(Store(settings.database_path(app.config)), app.config)
+    classroom = Classroom(Store(settings.database_path(app.config), app.config["SESSION_DAYS"]), app.config)
     gatekeeper = Gatekeeper(app.config, classroom)
     socketio = SocketIO(app, async_mode=app.config["ASYNC_MODE"], cors_allowed_origins=gatekeeper.origin_allowed,
                         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"])
+    # outermost first: the proxy's headers are believed, then the host it forwarded is checked
+    if app.config["ALLOWED_HOSTS"]:
+        app.wsgi_app = HostCheck(app.wsgi_app, app.config["ALLOWED_HOSTS"].split(","))
+    if app.config["TRUSTED_PROXIES"]:
+        proxies = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     runner = Runner(socketio)
     given = model if isinstance(model, list) else [model] if model is not None else None
 

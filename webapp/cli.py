@@ -32,6 +32,12 @@ def build_parser():
     parser.add_argument("--allowed-origin", action="append",
                         default=[origin for origin in env["ALLOWED_ORIGINS"].split(",") if origin],
                         help="another origin allowed to connect, e.g. https://proxy.school (repeatable)")
+    parser.add_argument("--allowed-host", action="append",
+                        default=[host for host in env["ALLOWED_HOSTS"].split(",") if host],
+                        help="a host name the server answers to (repeatable; default: localhost names when --host "
+                             "is a loopback address, else any)")
+    parser.add_argument("--trusted-proxies", type=int, default=env["TRUSTED_PROXIES"],
+                        help="reverse proxies in front whose X-Forwarded-* headers to believe (default: 0)")
     parser.add_argument("--database", default=env["DATABASE"],
                         help="SQLite file for sessions, published documents and class settings")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -56,7 +62,9 @@ def main(argv=None):
     config = {"MODEL": models, "DEVICE": args.device, "DTYPE": args.dtype, "HOST": args.host,
               "PORT": args.port, "MAX_CONTEXT": args.max_context, "ASYNC_MODE": "eventlet",
               "ACCESS_CODE": args.access_code, "ADMIN_TOKEN": args.admin_token,
-              "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database}
+              "ALLOWED_ORIGINS": ",".join(args.allowed_origin), "DATABASE": args.database,
+              "ALLOWED_HOSTS": ",".join(args.allowed_host or default_hosts(args.host)),
+              "TRUSTED_PROXIES": args.trusted_proxies}
     try:
         app = create_app(config)
     except (ModelError, ConfigError) as error:
@@ -66,6 +74,13 @@ def main(argv=None):
     print_banner(app.config, models.replace(",", ", "))
     app.extensions["socketio"].run(app, host=args.host, port=args.port, log_output=args.log_level.upper() == "DEBUG")
     return 0
+
+
+def default_hosts(host):
+    """The host names a server on `host` answers to when none are given: localhost names on a loopback address."""
+    from .hosting.access import LOOPBACK_HOSTS
+
+    return sorted(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS else []
 
 
 def model_setting(args):

@@ -43,6 +43,11 @@ SETTINGS = (
     Setting("ADMIN_TOKEN", "", "Token for the teacher's dashboard at /admin; a random one per run when empty."),
     Setting("ALLOWED_ORIGINS", "",
             "Comma-separated origins allowed to connect besides the page's own (e.g. https://proxy.school)."),
+    Setting("ALLOWED_HOSTS", "",
+            "Comma-separated host names the server answers to (others get 400: no DNS rebinding); the command "
+            "line uses localhost names when serving a loopback address; empty in create_app: any."),
+    Setting("TRUSTED_PROXIES", 0,
+            "Reverse proxies in front of the server whose X-Forwarded-For, -Proto and -Host to believe (0: none)."),
     Setting("DATABASE", "",
             "SQLite file for sessions, published documents and class settings (default ~/.local/share/tabwrite)."),
     Setting("SECRET_KEY", "",
@@ -51,16 +56,33 @@ SETTINGS = (
 
 # Fairness: what one student (one session, not one IP address) may ask of the model.
 LIMITS = (
-    Setting("MAX_QUEUE", 64, "Requests waiting or running at once, class-wide; more get a `busy` error."),
+    Setting("MAX_QUEUE", 64,
+            "Suggest and extend requests waiting or running at once, class-wide; more get a `busy` error "
+            "(cancels, priming, scores and charts never count)."),
     Setting("REQUESTS_PER_MINUTE", 40, "Suggest and extend requests one student may send in any 60 seconds."),
     Setting("MAX_TEXT_CHARS", 20000, "Longest document text accepted in one request, in characters."),
     Setting("MAX_OPTIONS", 5, "Most options one TAB may ask for (1 to 5)."),
     Setting("MAX_LENGTH", 64, "Most new tokens one TAB may ask for (1 to 64)."),
     Setting("MAX_MESSAGE_BYTES", 65536, "Largest Socket.IO message accepted; a bigger one disconnects its sender."),
-    Setting("JOIN_ATTEMPTS_PER_MINUTE", 10,
-            "Wrong class codes or admin tokens one address may try per minute before getting 429."),
+    Setting("JOIN_ATTEMPTS_PER_MINUTE", 30,
+            "Wrong class codes one address may try per minute before getting 429 (a school shares one address; "
+            "each wrong code also waits a moment)."),
+    Setting("ADMIN_ATTEMPTS_PER_MINUTE", 5,
+            "Wrong admin tokens one address may try per minute before getting 429; never counts against joining."),
+    Setting("CONTROL_EVENTS_PER_MINUTE", 600,
+            "Cancel, prime, score and chart events one connection may send in any 60 seconds; more get "
+            "`rate_limited`."),
+    Setting("MAX_CONNECTIONS_PER_STUDENT", 12, "Open connections (tabs) one student may have; more are refused."),
+    Setting("MAX_CONNECTIONS_PER_ADDRESS", 200,
+            "Open connections from one address (a school's shared one counts every student); more are refused."),
+    Setting("JOINS_PER_MINUTE", 60,
+            "New sessions (joins with the right code, or guests of a class without one) one address may start "
+            "per minute."),
+    Setting("SESSION_DAYS", 30, "Days a student's session lasts before the code must be entered again."),
     Setting("PUBLISH_MAX_CHARS", 50000, "Longest document a student may publish as a read-only link."),
     Setting("PUBLISHED_PER_STUDENT", 50, "Documents one student may publish."),
+    Setting("PUBLISHED_PER_CLASS", 2000,
+            "Documents the whole class may publish (each at most PUBLISH_MAX_CHARS), so the file's size is bounded."),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS + LIMITS}

@@ -13,7 +13,7 @@ from webapp.web.protocol import SamplingSettings
 
 pytestmark = pytest.mark.skipif(not blocked.available(), reason="no oneDNN bfloat16 units on this CPU")
 
-GREEDY = SamplingSettings(n=1, temperature=0, length=12, stop_at="length")
+GREEDY = SamplingSettings(n=1, temperature=0, length=12, stop_at="length", max_time=30)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -1,4 +1,4 @@
-"""Packed 4- and 8-bit linear layers (webapp/accel/lowbit.py): exact packing, both paths, and the embedded model in int4."""
+"""Packed 4- and 8-bit linear layers (webapp/accel/lowbit.py): exact packing, both paths, the embedded model in int4."""
 import copy
 
 import pytest

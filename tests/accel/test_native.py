@@ -1,4 +1,4 @@
-"""Our C kernels (webapp/accel/native.py, webapp/accel/csrc/): 4- and 8-bit layers for a few rows, and Llama's RMSNorm."""
+"""Our C kernels (webapp/accel/native.py, csrc/): 4- and 8-bit layers for a few rows, and Llama's RMSNorm."""
 import copy
 import os
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The engine on the real embedded model: exact greedy output, extend, healing, truncation."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ GREEDY = SamplingSettings(n=1, temperature=0, length=8, stop_at="length", max_ti
 
 @pytest.fixture(scope="module")
 def engine(embedded):
-    return Engine(embedded)
+    # beam search compared with generate's: no engine time bound (tests/generation/test_bounds.py checks it)
+    return Engine(embedded, beam_seconds=math.inf)
 
 
 def finish_step(engine, generation):
@@ -351,7 +353,8 @@ def test_no_repeat_ngram_equals_generate_with_the_same_size(engine):
 
 @pytest.mark.parametrize("beams, n, no_repeat", [(4, 3, 0), (3, 1, 3)])
 def test_beam_search_equals_generate_with_the_same_beams(engine, beams, n, no_repeat):
-    settings = SamplingSettings(n=n, mode="beam", beams=beams, length=10, no_repeat_ngram=no_repeat)
+    settings = SamplingSettings(n=n, mode="beam", beams=beams, length=10, no_repeat_ngram=no_repeat,
+                                max_time=30)  # the whole search, as generate runs it, even on a busy machine
     text = "The capital of France is"
     generation, deltas = engine.start(text, settings)
     assert generation.finished and generation.healed == "" and deltas == generation.texts()
@@ -369,7 +372,7 @@ def test_beam_search_equals_generate_with_the_same_beams(engine, beams, n, no_re
 
 
 def test_beam_search_extends_every_option_by_another_search(engine):
-    settings = SamplingSettings(n=2, mode="beam", beams=3, length=6)
+    settings = SamplingSettings(n=2, mode="beam", beams=3, length=6, max_time=30)
     generation, _ = engine.start("The weather today is", settings)
     before = generation.texts()
     engine.extend(generation)

@@ -14,7 +14,6 @@ from conftest import (
     Recorder,
     RunningServer,
     ThreadedServer,
-    build_tiny_gpt2,
     connect,
     make_app,
     payloads,
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.server
 CODE = "blue-otter-7"
 ADMIN = "dashboard-token-for-tests"
 GREEDY = {"temperature": 0, "stop_at": "length"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, embedded):
-    """A tiny random GPT-2 on disk: starts in a second, and its protocol is real."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    build_tiny_gpt2(embedded.tokenizer).save_pretrained(folder)
-    embedded.tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from conftest import connect, make_app, payloads, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from webapp.generation.settings import TEMPERATURE_FLOOR
 from webapp.web import protocol
 
 ERROR_CODES = {protocol.INVALID, protocol.BUSY, protocol.UNKNOWN_PARENT, protocol.INTERNAL, protocol.RATE_LIMITED}
@@ -26,10 +27,19 @@ setting_values = st.dictionaries(
     | st.sampled_from(["sentence", "length", "word", "beam", "greedy", "sample", "tiny-gpt2"]),
     max_size=5,
 )
+# Values at the edges of what is allowed, made common: a temperature at its floor, beams x length at their caps
+extreme_settings = st.fixed_dictionaries({}, optional={
+    "temperature": st.sampled_from([0, TEMPERATURE_FLOOR, TEMPERATURE_FLOOR * 1.001, 2.0]),
+    "top_k": st.sampled_from([0, 1, 1000]), "top_p": st.sampled_from([0.01, 1.0]), "n": st.sampled_from([1, 5]),
+    "mode": st.sampled_from(["beam", "sample", "greedy"]), "beams": st.sampled_from([2, 8]),
+    "length": st.sampled_from([1, 64]), "no_repeat_ngram": st.sampled_from([0, 6]),
+    "max_time": st.sampled_from([0.1, 30.0]), "stop_at": st.sampled_from(["length", "sentence"])})
 ids = st.text(max_size=70) | st.integers(-10, 10**20) | json_values
 # Payloads shaped like the real ones, with every field free to be wrong, and anything at all.
 payload_strategy = st.one_of(
     json_values,
+    st.fixed_dictionaries({"id": st.text(min_size=1, max_size=8), "text": st.text(max_size=200),
+                           "settings": extreme_settings}),
     st.fixed_dictionaries({"id": st.text(min_size=1, max_size=8), "text": any_text, "parent": st.just("x"),
                            "settings": st.fixed_dictionaries({"length": st.integers(1, 3)})}),
     st.fixed_dictionaries({"id": ids}, optional={"text": st.text(max_size=200) | any_text | json_values,

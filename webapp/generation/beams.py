@@ -1,8 +1,18 @@
 """Beam search: the n best sequences after a prompt, written a whole step at a time by transformers' `generate`.
 
-Functions of an Engine (its model and window), which its methods call.
+Functions of an Engine (its model and window), which its methods call. A beam search cannot
+be paused and resumed, so its cost is bounded instead: `generate` reads the prompt once per
+beam, in one pass that no time limit can stop, so the prompt keeps only its most recent
+tokens that fit the engine's pass_work (weights x tokens, as one pass of prompts read
+together); and the search stops at its request's `max_time` or the engine's `beam_seconds`,
+whichever comes first.
 """
+import math
+import time
+
 import torch
+
+MIN_PROMPT_TOKENS = 16  # however large the model, a beam search sees at least this much of its prompt
 
 
 def write_beams(engine, generation):
@@ -12,11 +22,13 @@ def write_beams(engine, generation):
     text cannot be streamed word by word; each step arrives whole.
     """
     settings = generation.settings
+    deadline = time.monotonic() + min(settings.max_time, engine.beam_seconds)
     going = [option for option in generation.options if option.finish is None]
     if not any(option.tokens for option in generation.options):
-        found = beam_search(engine, generation.prompt_ids, settings, len(going))
+        found = beam_search(engine, generation.prompt_ids, settings, len(going), deadline)
     else:
-        found = [beam_search(engine, generation.prompt_ids + option.tokens, settings, 1)[0] for option in going]
+        found = [beam_search(engine, generation.prompt_ids + option.tokens, settings, 1, deadline)[0]
+                 for option in going]
     for option, (tokens, logprobs) in zip(going, found):
         option.step_tokens, option.step_text = 0, ""
         for token, logprob in zip(tokens, logprobs):
@@ -29,17 +41,23 @@ def write_beams(engine, generation):
                 option.step_text += delta
         ended = any(token in engine.loaded.eos_ids for token in tokens)
         full = len(generation.prompt_ids) + len(option.tokens) >= engine.loaded.max_context
-        option.finish = "eos" if ended else "context" if full else "length"
+        cut_short = len(tokens) < settings.length and time.monotonic() >= deadline
+        option.finish = "eos" if ended else "context" if full else "time" if cut_short else "length"
     deltas = {id(option): option.step_text for option in going}
     return [deltas.get(id(option), "") for option in generation.options]
 
-def beam_search(engine, ids, settings, count):
-    """The `count` best beams after `ids`: (new token ids up to and including an end of text, their log-probs)."""
+def beam_search(engine, ids, settings, count, deadline=math.inf):
+    """The `count` best beams after `ids`: (new token ids up to and including an end of text, their log-probs).
+
+    The search stops at `deadline` (time.monotonic()) with what it has; none is started after it.
+    """
     room = engine.loaded.max_context - len(ids)
-    if room <= 0:
+    left = deadline - time.monotonic()
+    if room <= 0 or left <= 0:
         return [([], [])] * count
+    ids = ids[-prompt_tokens(engine, settings.beams):]
     inputs = torch.tensor([ids], device=engine.device)
-    arguments = beam_arguments(settings, count, min(settings.length, room))
+    arguments = beam_arguments(settings, count, min(settings.length, room), left)
     out = engine.model.generate(inputs, attention_mask=torch.ones_like(inputs), pad_token_id=engine.pad_id,
                               output_scores=True, return_dict_in_generate=True, **arguments)
     steps = engine.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
@@ -51,7 +69,18 @@ def beam_search(engine, ids, settings, count):
     return found
 
 
-def beam_arguments(settings, count, length):
-    """What `generate` is given for beam search with `settings`: the engine's beams are exactly generate's."""
-    return {"num_beams": settings.beams, "num_return_sequences": count, "max_new_tokens": length,
-            "no_repeat_ngram_size": settings.no_repeat_ngram, "do_sample": False, "early_stopping": True}
+def prompt_tokens(engine, beams):
+    """How many of the prompt's most recent tokens a search of `beams` beams reads."""
+    return max(MIN_PROMPT_TOKENS, int(engine.pass_work / max(1, engine.loaded.parameters) / beams))
+
+
+def beam_arguments(settings, count, length, seconds=math.inf):
+    """What `generate` is given for beam search with `settings`: the engine's beams are exactly generate's.
+
+    `seconds` (finite) is passed as generate's `max_time`: it stops after the step that passes it.
+    """
+    arguments = {"num_beams": settings.beams, "num_return_sequences": count, "max_new_tokens": length,
+                 "no_repeat_ngram_size": settings.no_repeat_ngram, "do_sample": False, "early_stopping": True}
+    if math.isfinite(seconds):
+        arguments["max_time"] = seconds
+    return arguments

@@ -17,8 +17,15 @@ class Chooser:
         self.device = device
 
     def sample(self, generation, logits, rows=None):
-        """Choose a token for every live option (of `rows` only, if given), update its text, decide if it stops."""
-        chosen = self._choose(generation, logits)
+        """Choose a token for every live option (of `rows` only, if given), update its text, decide if it stops.
+
+        When choosing fails, the generation fails (`Generation.fail`) and writes nothing more.
+        """
+        try:
+            chosen = self._choose(generation, logits)
+        except Exception as error:
+            generation.fail(error)
+            return [""] * len(generation.options)
         return self._record_choices(generation, chosen.tolist(), _logprobs_of(logits, chosen), rows)
 
     def sample_many(self, generations, logits):
@@ -28,37 +35,53 @@ class Chooser:
         log-probabilities and the candidates (temperature, top-k, top-p) in one go, and
         each generation draws from its own rows with its own generator, as alone (the
         same tokens: every row is computed as it would be by itself). At 30 clients
-        sampling one by one took about a quarter of a step.
+        sampling one by one took about a quarter of a step. A generation whose choice fails
+        fails alone (`Generation.fail`); a group that fails together is chosen again one by one.
         """
         logits = logits.float()
         spans, at = [], 0  # each generation's rows
         for generation in generations:
             spans.append(slice(at, at + len(generation.options)))
             at += len(generation.options)
-        chosen, alike = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device), {}
+        chosen, alike = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device), {}
         for generation, rows in zip(generations, spans):
             if self._samples_plainly(generation):
                 alike.setdefault(_sampling_key(generation.settings), []).append((generation, rows))
             else:
-                chosen[rows] = self._choose(generation, logits[rows])
+                self._choose_alone(generation, logits, rows, chosen)
         for members in alike.values():
-            settings, together = members[0][0].settings, _rows_of(logits, [rows for _, rows in members])
-            if is_greedy(settings):
-                picks = together.argmax(dim=-1)
-            else:
-                ids, probabilities = candidates(together, settings)
-            at = 0
-            for generation, rows in members:
-                mine = slice(at, at + rows.stop - rows.start)  # its rows in `together`
-                at = mine.stop
-                if is_greedy(settings):
-                    chosen[rows] = picks[mine]
-                else:
-                    drawn = torch.multinomial(probabilities[mine], num_samples=1, generator=generation.generator)
-                    chosen[rows] = ids[mine].gather(-1, drawn)[:, 0]
+            try:
+                self._choose_together(members, logits, chosen)
+            except Exception:  # one member's values broke the group's sampling: each is chosen alone
+                for generation, rows in members:
+                    self._choose_alone(generation, logits, rows, chosen)
         logprobs, chosen = _logprobs_of(logits, chosen), chosen.tolist()
-        return [self._record_choices(generation, chosen[rows], logprobs[rows])
-                for generation, rows in zip(generations, spans)]
+        return [self._record_choices(generation, chosen[rows], logprobs[rows]) if generation.failure is None
+                else [""] * len(generation.options) for generation, rows in zip(generations, spans)]
+
+    def _choose_together(self, members, logits, chosen):
+        """Choose the rows of several (generation, rows) of like settings in one go, into `chosen`."""
+        settings, together = members[0][0].settings, _rows_of(logits, [rows for _, rows in members])
+        if is_greedy(settings):
+            picks = together.argmax(dim=-1)
+        else:
+            ids, probabilities = candidates(together, settings)
+        at = 0
+        for generation, rows in members:
+            mine = slice(at, at + rows.stop - rows.start)  # its rows in `together`
+            at = mine.stop
+            if is_greedy(settings):
+                chosen[rows] = picks[mine]
+            else:
+                drawn = torch.multinomial(probabilities[mine], num_samples=1, generator=generation.generator)
+                chosen[rows] = ids[mine].gather(-1, drawn)[:, 0]
+
+    def _choose_alone(self, generation, logits, rows, chosen):
+        """Choose one generation's rows into `chosen`; when that fails, the generation fails alone."""
+        try:
+            chosen[rows] = self._choose(generation, logits[rows])
+        except Exception as error:
+            generation.fail(error)
 
     def _samples_plainly(self, generation):
         """Whether a generation's choice is its settings' alone (no repeat ban, no healing mask to apply)."""

@@ -26,15 +26,23 @@ ROOM_STEPS = 8  # the prompt leaves room in the context window for this many len
 # A stack nobody uses any more is kept for the next one up to this size (thirty students on the embedded model
 # take about 500 MB; on GPT-2 large, 4 GB, which is let go)
 SPARE_STACK_BYTES = 1 << 30
+# The most work one forward pass that reads prompts should do, weights x tokens (about half a second on the machine
+# it was tuned on: docs/performance.md, "Thresholds"): the scheduler reads new prompts together up to it, and a
+# beam search reads its prompt, once per beam, within it
+PASS_WORK = 2.8e11
+# The longest one beam-search step may hold the model (it cannot be paused: everyone else's step waits for it)
+BEAM_SECONDS = 1.0
 DETOKENIZER_CONTEXT = 6  # prompt tokens the detokenizer sees before the options' own
 
 
 class Engine:
     """Owns one loaded model; call its methods from one thread at a time."""
 
-    def __init__(self, loaded):
-        """Wrap a LoadedModel (see models/loading.py)."""
+    def __init__(self, loaded, beam_seconds=BEAM_SECONDS, pass_work=PASS_WORK):
+        """Wrap a LoadedModel (see models/loading.py); `beam_seconds` and `pass_work` bound a beam-search step."""
         self.loaded = loaded
+        self.beam_seconds = beam_seconds
+        self.pass_work = pass_work
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = torch.device(loaded.device)
@@ -81,7 +89,7 @@ class Engine:
         for generation, prefix in requests:
             if generation.settings.mode == BEAM:  # generate() reads the prompt itself; the tab's Prefix stays as it was
                 generation.prefix = prefix
-                started.append((generation, beams.write_beams(self, generation)))
+                started.append((generation, self._write_beams(generation)))
             else:
                 started.append((generation, self._begin(generation, *next(read))))
         return started
@@ -168,10 +176,18 @@ class Engine:
         that pressed Tab at once): a new stack keeps rows for them, so that it is not made
         again, everyone copied, each time a few more arrive.
         """
-        whole = {id(g): beams.write_beams(self, g) for g in generations if g.settings.mode == BEAM}
+        whole = {id(g): self._write_beams(g) for g in generations if g.settings.mode == BEAM}
         sampled = [g for g in generations if id(g) not in whole]
         stepped = iter(self._step_sampled(sampled, joining) if sampled else [])
         return [whole[id(g)] if id(g) in whole else next(stepped) for g in generations]
+
+    def _write_beams(self, generation):
+        """One beam-search step of a generation (beams.py); when it fails, the generation fails alone."""
+        try:
+            return beams.write_beams(self, generation)
+        except Exception as error:
+            generation.fail(error)
+            return [""] * len(generation.options)
 
     def _step_sampled(self, generations, joining=0):
         """One forward pass for every live option of every generation (clients batched); deltas per generation.
@@ -294,6 +310,11 @@ class Engine:
     def score(self, text, previous=None):
         """Per-token log-probabilities, ranks and alternatives of `text`, and its perplexity (see scoring.score)."""
         return scoring.score(self, text, previous)
+
+    @torch.inference_mode()
+    def score_ahead(self, text, previous=None):
+        """Read one pass's worth more of a long text to score (see scoring.score_ahead); None when the rest fits."""
+        return scoring.score_ahead(self, text, previous)
 
     @torch.inference_mode()
     def next_token_logits(self, text, prefix=None):

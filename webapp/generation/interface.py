@@ -54,6 +54,9 @@ class Engine(Protocol):
     def score(self, text, previous=None):
         """Each token's log-probability, rank and likeliest alternatives, and the perplexity; (scores, kept state)."""
 
+    def score_ahead(self, text, previous=None):
+        """Score one bounded part more of a long text (kept state to pass on), or None when `score` can finish it."""
+
     def next_token_logits(self, text, prefix=None):
         """The model's logits for the token after `text`, and `text`'s prefix for later reuse."""
 

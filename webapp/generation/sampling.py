@@ -58,7 +58,18 @@ def candidates(logits, settings):
         logits, ids = torch.sort(logits, descending=True, dim=-1)
     else:
         ids = torch.arange(vocab, device=logits.device).expand_as(logits)
-    return ids, torch.softmax(keep_top_p(logits.float() / settings.temperature, settings.top_p), dim=-1)
+    probabilities = torch.softmax(keep_top_p(logits.float() / settings.temperature, settings.top_p), dim=-1)
+    return ids, _finite(probabilities, logits)
+
+
+def _finite(probabilities, logits):
+    """`probabilities`, with any row that is not a distribution (logits that were infinite or NaN) put wholly on
+    its likeliest token: one option's odd values never fail the draw of the others sampled with it."""
+    broken = ~torch.isfinite(probabilities).all(dim=-1) | ~(probabilities.sum(dim=-1) > 0)
+    if broken.any():
+        likeliest = torch.nan_to_num(logits[broken].float(), nan=float("-inf")).argmax(dim=-1)
+        probabilities[broken] = torch.nn.functional.one_hot(likeliest, probabilities.shape[-1]).to(probabilities.dtype)
+    return probabilities
 
 
 def keep_top_p(logits, p):

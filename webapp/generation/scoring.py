@@ -9,7 +9,7 @@ import torch
 
 from . import kvcache
 from .sampling import reshape
-from .state import HoldsCache, Prefix, keep_common_start
+from .state import HoldsCache, Prefix, common_length, keep_common_start
 
 SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
 DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
@@ -72,6 +72,18 @@ def _score_ids(engine, ids, previous):
     kept = previous.results[:common] if common else []
     return Scored(list(ids), kept + fresh, out.cache)
 
+def score_ahead(engine, text, previous=None):
+    """Part of scoring a long `text`: the Scored of its next pass's worth of unread tokens, or None when the rest
+    fits one pass (then `score` reads it). Calling again with the returned Scored goes on where this one stopped;
+    each call reads at most the engine's pass_work, so a long text never holds the model for long."""
+    ids = engine.vocab.ids(text)[-(engine.loaded.max_context - 1):]
+    common = common_length(previous.ids, ids) if previous else 0  # counted only: `previous` is not used up here
+    most = max(1, int(engine.pass_work / max(1, engine.loaded.parameters)))
+    if len(ids) - common <= most:
+        return None
+    return _score_ids(engine, ids[:common + most], previous)
+
+
 def next_token_logits(engine, text, prefix=None):
     """The model's logits for the token after `text` (float32, [vocab]) and `text`'s Prefix for later reuse.
 
@@ -86,8 +98,9 @@ def next_token_logits(engine, text, prefix=None):
 
 def distribution(vocab, logits, settings, top=DISTRIBUTION_TOP):
     """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives."""
-    model_probs = torch.softmax(logits.float(), dim=-1)
-    shaped = reshape(logits[None], settings)[0]
+    # never NaN in the answer (JSON has no NaN): a model's broken logits show as probability 0
+    model_probs = torch.nan_to_num(torch.softmax(logits.float(), dim=-1), nan=0.0)
+    shaped = torch.nan_to_num(reshape(logits[None], settings)[0], nan=0.0)
     values, order = model_probs.topk(top)
     tokens = [{"text": vocab.piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6),
                "kept": bool(shaped[token] > 0)}

@@ -9,6 +9,9 @@ STOP_AT = ("length", "sentence", "paragraph")
 # How options are chosen: sampling (temperature, top-k, top-p), always the likeliest token, or beam search.
 SAMPLE, GREEDY, BEAM = "sample", "greedy", "beam"
 MODES = (SAMPLE, GREEDY, BEAM)
+# The least temperature that samples; 0 means greedy. Below it the logits' division can overflow to infinity (a
+# request with 1e-40 failed every request stepped with it), and it already puts all the probability on one token.
+TEMPERATURE_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class SamplingSettings:
     """How options are sampled; every field is optional in a request."""
 
     n: int = 3  # options per TAB, 1..5
-    temperature: float = 0.8  # 1.0 = model's distribution, < 1 = safer, > 1 = wilder, 0 = greedy
+    temperature: float = 0.8  # 1.0 = model's distribution, < 1 = safer, > 1 = wilder, 0 = greedy, else >= 0.01
     top_k: int = 40  # sample only among the k likeliest tokens, 0 = no limit
     top_p: float = 0.95  # nucleus: smallest set of tokens whose probability reaches p, 1.0 = off
     length: int = 12  # new tokens per TAB (one "step"); repeat TAB adds another step

@@ -62,6 +62,15 @@ class Generation(HoldsCache):
     positions: torch.Tensor | None = None  # [n] position id of each option's next fed token
     prefix: Prefix | None = None  # this prompt's own cache, for the caller to keep (see Engine.start)
     reused: int = 0  # prompt tokens whose keys and values came from the previous prompt's cache
+    failure: Exception | None = None  # what failed this request alone (its options stopped); the caller says so
+
+    def fail(self, error):
+        """Stop every option for good: choosing this request's tokens failed (the others in its batch go on)."""
+        self.failure = error
+        for option in self.options:
+            if option.finish is None:
+                option.finish = "cancelled"
+            option.pending = None
 
     @property
     def finished(self):

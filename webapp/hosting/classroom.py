@@ -7,12 +7,16 @@ from ..web import protocol
 from ..web.protocol import ProtocolError
 from .metrics import Metrics
 from .policy import ClassPolicy
-from .store import Session
+from .store import GUEST_NAME, Session
 from .throttle import SlidingWindow
 
 log = logging.getLogger(__name__)
 
 POLICY_KEY = "policy"
+
+
+class TooManyConnections(Exception):
+    """A connection past the caps per student or per address; the message says which."""
 
 
 @dataclass
@@ -44,6 +48,11 @@ class Classroom:
         self.max_options = config["MAX_OPTIONS"]
         self.max_length = config["MAX_LENGTH"]
         self.rate = SlidingWindow(config["REQUESTS_PER_MINUTE"])
+        self.control = SlidingWindow(config["CONTROL_EVENTS_PER_MINUTE"])  # per connection: cancel, prime, score...
+        self.max_per_student = config["MAX_CONNECTIONS_PER_STUDENT"]
+        self.max_per_address = config["MAX_CONNECTIONS_PER_ADDRESS"]
+        self.addresses = {}  # Socket.IO sid -> the address it came from
+        self.per_address = {}  # address -> open connections
         self.metrics = Metrics()
         self.students = {}  # student id -> Student, while connected
         self.by_sid = {}  # Socket.IO sid -> Student
@@ -57,17 +66,26 @@ class Classroom:
 
     def guest_session(self):
         """A session for a visitor of a class without a code (the page gets it as a cookie)."""
-        return self.store.create_session("guest", self.code)
+        return self.store.create_session(GUEST_NAME, self.code)
 
-    def connect(self, sid, session):
-        """A connection opened; `session` None means a cookie-less client of an open class."""
+    def connect(self, sid, session, address="?"):
+        """A connection opened; `session` None means a cookie-less client of an open class.
+
+        Raises TooManyConnections past the caps per student and per address (nothing is counted then).
+        """
         if session is None:
             session = Session(student_id=f"conn-{sid}", name="guest")
         student = self.students.get(session.student_id)
+        if student is not None and len(student.sids) >= self.max_per_student:
+            raise TooManyConnections(f"too many open tabs: at most {self.max_per_student} per student")
+        if self.per_address.get(address, 0) >= self.max_per_address:
+            raise TooManyConnections(f"too many connections from this address: at most {self.max_per_address}")
         if student is None:
             student = self.students[session.student_id] = Student(session.student_id, session.name)
         student.sids.add(sid)
         self.by_sid[sid] = student
+        self.addresses[sid] = address
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.metrics.connections(len(self.by_sid))
         return student
 
@@ -78,6 +96,12 @@ class Classroom:
             student.sids.discard(sid)
             if not student.sids:
                 self.students.pop(student.id, None)
+        address = self.addresses.pop(sid, None)
+        if address is not None:
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
+        self.control.forget(sid)
         self.metrics.connections(len(self.by_sid))
 
     def student_of(self, sid):
@@ -104,6 +128,13 @@ class Classroom:
         student.requests += 1
         student.last_request = time.time()
         return settings
+
+    def admit_control(self, sid):
+        """Count a cancel, prime, score or chart event of a connection; raise ProtocolError past the limit."""
+        if not self.control.allow(sid):
+            wait = self.control.retry_after(sid)
+            raise ProtocolError(f"too many events: at most {self.control.limit} a minute; try again in {wait:.0f} s",
+                                code=protocol.RATE_LIMITED, retry_after=wait)
 
     def finished(self, sid, stats):
         """A request ended: count its tokens for its student and the class."""

@@ -62,11 +62,18 @@ def digest(value):
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+GUEST_NAME = "guest"  # a visitor of a class without a code
+GUEST_SESSION_DAYS = 1  # a guest's session is forgotten sooner: anyone who loads the page gets one
+DAY_SECONDS = 24 * 3600
+
+
 class Store:
     """Reads and writes the database file at `path`, creating it on first use."""
 
-    def __init__(self, path):
+    def __init__(self, path, session_days=30):
+        """`session_days`: how long a joined student's session lasts (guests' last GUEST_SESSION_DAYS)."""
         self.path = Path(path)
+        self.session_days = session_days
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a writer
@@ -82,6 +89,7 @@ class Store:
         token = secrets.token_urlsafe(32)
         session = Session(student_id=secrets.token_hex(8), name=name)
         with self._connect() as db:
+            self._prune_sessions(db)
             db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
                        (digest(token), session.student_id, name, digest(code), time.time()))
         return token, session
@@ -91,9 +99,21 @@ class Store:
         if not token:
             return None
         with self._connect() as db:
-            row = db.execute("SELECT student_id, name FROM sessions WHERE token_hash = ? AND code_hash = ?",
+            row = db.execute("SELECT student_id, name, created FROM sessions WHERE token_hash = ? AND code_hash = ?",
                              (digest(token), digest(code))).fetchone()
-        return Session(*row) if row else None
+        if row is None or row[2] < time.time() - self._lifetime(row[1]):
+            return None  # unknown, or expired (pruned at the next join)
+        return Session(row[0], row[1])
+
+    def _lifetime(self, name):
+        """Seconds a session of `name` lasts."""
+        return (GUEST_SESSION_DAYS if name == GUEST_NAME else self.session_days) * DAY_SECONDS
+
+    def _prune_sessions(self, db):
+        """Forget expired sessions: the table holds only those that still work."""
+        now = time.time()
+        db.execute("DELETE FROM sessions WHERE (name = ? AND created < ?) OR created < ?",
+                   (GUEST_NAME, now - GUEST_SESSION_DAYS * DAY_SECONDS, now - self.session_days * DAY_SECONDS))
 
     def end_sessions(self, student_id):
         """Sign a student out everywhere (the teacher's 'disconnect')."""
@@ -123,9 +143,11 @@ class Store:
             rows = db.execute("SELECT * FROM documents ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [_document(row) for row in rows]
 
-    def count_documents(self, student_id):
-        """How many documents a student has published."""
+    def count_documents(self, student_id=None):
+        """How many documents a student (or, without one, the whole class) has published."""
         with self._connect() as db:
+            if student_id is None:
+                return db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
             return db.execute("SELECT COUNT(*) FROM documents WHERE student_id = ?", (student_id,)).fetchone()[0]
 
     # ---- class settings ----------------------------------------------------------------

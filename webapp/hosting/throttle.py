@@ -31,6 +31,10 @@ class SlidingWindow:
         self.hit(key)
         return True
 
+    def forget(self, key):
+        """Drop everything counted for `key` (a connection that closed)."""
+        self.events.pop(key, None)
+
     def _prune(self, key):
         times = self.events.get(key)
         if times is None:

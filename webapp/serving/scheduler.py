@@ -16,9 +16,11 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from ..generation.engine import PASS_WORK
 from ..generation.settings import BEAM
 from ..web import protocol
 from ..web.protocol import ProtocolError
+from .idle import IdleWork, replace_at_back
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ PREFILL_SLICE = 0.2
 # whole pass. So one pass reads at most this much work, weights × padded tokens (rows × the
 # longest): 2048 tokens of the embedded model's 135M weights, 360 of GPT-2 large's 774M
 # (whose prompts gain little from company). Measured: docs/performance.md, "Thresholds".
-READ_TOGETHER_WORK = 2.8e11
+READ_TOGETHER_WORK = PASS_WORK
 # The most padding a request may add to a pass: a short prompt beside a long one would be
 # read at the long one's cost, more than a pass of its own (a fixed cost plus a share per
 # token; measured: docs/performance.md, "Thresholds").
@@ -59,7 +61,7 @@ class Task:
     unread: int | None = None  # tokens its start will read, counted once while it waits
 
 
-class Scheduler:
+class Scheduler(IdleWork):
     """Owns the queue of tasks and the finished option sets kept for extend."""
 
     def __init__(self, runner, emit, max_queue=64, kv_budget_bytes=1 << 30, keep_sets=8, prefix_budget_bytes=512 << 20):
@@ -71,6 +73,7 @@ class Scheduler:
         self.keep_sets = keep_sets
         self.engine = None
         self.inbox = deque()  # commands from handlers, applied by the loop between steps
+        self.waiting = 0  # `submit` commands in the inbox: only they count as work waiting (see depth)
         self.tasks = deque()  # running tasks: the writing ones step together, new ones are read one per turn
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
@@ -91,11 +94,12 @@ class Scheduler:
         if self.depth() >= self.max_queue:
             raise ProtocolError(f"the server is busy ({self.max_queue} requests queued); try again in a few seconds",
                                 code=protocol.BUSY, retry_after=BUSY_RETRY_SECONDS)
+        self.waiting += 1
         self._post("submit", sid, (request, owner or sid))
 
     def depth(self):
-        """Requests waiting or running."""
-        return len(self.inbox) + len(self.tasks)
+        """Suggest and extend requests waiting or running (cancels, priming, scores, charts and leaving are not)."""
+        return self.waiting + len(self.tasks)
 
     def prime(self, sid, request):
         """Read a tab's text ahead of its TAB when the model is otherwise idle (the newest text wins)."""
@@ -135,35 +139,47 @@ class Scheduler:
         self.wakeup.set()
 
     def run(self):
-        """Apply commands; read new requests' prompts (a time slice); then one batched step for the others."""
+        """Turn after turn until stopped; a turn that fails fails its requests, never the loop (nor the model)."""
         while self.running:
-            self._apply_inbox()
-            if not self.tasks:
-                if self.distributions:  # someone is looking at the chart: before priming and scoring
-                    self._distribution_one()
-                    continue
-                if self.primes:  # the lowest priority: a request that arrives waits for one chunk at most
-                    self._prime_one()
-                    continue
-                if self.scores:
-                    self._score_one()
-                    continue
+            try:
+                self._turn()
+            except Exception:  # a fault no narrower guard caught: the requests in flight are told, the loop goes on
+                log.exception("a scheduler turn failed")
+                self._fail_tasks(list(self.tasks), "the server failed while writing; please try again")
+
+    def _turn(self):
+        """Apply commands; read new requests' prompts (a time slice); one batched step for the others; a beam step."""
+        self._apply_inbox()
+        if not self.tasks:
+            if self.distributions:  # someone is looking at the chart: before priming and scoring
+                self._distribution_one()
+            elif self.primes:  # the lowest priority: a request that arrives waits for one chunk at most
+                self._prime_one()
+            elif self.scores:
+                self._score_one()
+            else:
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
-                continue
-            started = self._start_new_requests()
-            if started:
-                self._apply_inbox()  # a cancel sent while a long prompt was read applies before the step
-            writing = [task for task in self.tasks if task.generation is not None and task not in started]
-            if writing:
-                self._run_model(self._step_call, writing)
+            return
+        started = self._start_new_requests()
+        if started:
+            self._apply_inbox()  # a cancel sent while a long prompt was read applies before the step
+        writing = [task for task in self.tasks if task.generation is not None and task not in started]
+        # beam search writes a whole step in one call that cannot be paused: one such call a turn, on its own, so
+        # that the others' step never waits for more than one of them (each bounded by the engine's beam_seconds)
+        beams = [task for task in writing if task.generation.settings.mode == BEAM]
+        sampled = [task for task in writing if task.generation.settings.mode != BEAM]
+        if sampled:
+            self._run_model(self._step_call, sampled)
+        if beams:  # the one that has written the fewest steps: beam searches take turns
+            self._run_model(self._step_call, [min(beams, key=lambda task: task.steps)])
 
     def _start_new_requests(self):
         """Read new requests' prompts, oldest first, until PREFILL_SLICE is spent (at least one pass)."""
         began = time.monotonic()
         started = []
         while time.monotonic() - began < PREFILL_SLICE:
-            fresh = [task for task in self.tasks if task.generation is None]
+            fresh = [task for task in list(self.tasks) if task.generation is None and self._counted(task)]
             if not fresh:
                 break
             together = self._read_together(fresh)
@@ -184,6 +200,16 @@ class Scheduler:
                 together.append(task)
                 longest = wider
         return together
+
+    def _counted(self, task):
+        """Whether a new request could be prepared and its unread tokens counted; one that cannot fails alone."""
+        try:
+            self._unread(task)
+            return True
+        except Exception:
+            log.exception("preparing request %s failed", task.id)
+            self._fail_tasks([task], "this text could not be prepared for the model; please try again")
+            return False
 
     def _unread(self, task):
         """Tokens a new request's start would read; beam search counts as too many (it reads on its own).
@@ -211,21 +237,39 @@ class Scheduler:
             task.started = task.started or began
         try:
             all_deltas = self.runner.run_blocking(call, tasks)
-        except Exception:  # the model failed: tell these clients, keep serving
+        except Exception:  # the model failed for the whole call
             log.exception("generation failed for requests %s", [task.id for task in tasks])
-            error = ProtocolError("the model failed while writing; please try again", code=protocol.INTERNAL)
-            for task in tasks:
-                self.emit(protocol.ERROR, protocol.error_payload(task.id, error), to=task.sid)
-                self.tasks.remove(task)
+            if call == self._start_call and len(tasks) > 1:  # read alone, each fails or starts on its own
+                for task in tasks:
+                    task.prepared = None
+                    self._run_model(call, [task])
+                return
+            self._fail_tasks(tasks, "the model failed while writing; please try again")
             return
         elapsed = time.monotonic() - began
         for task, deltas in zip(tasks, all_deltas):
             task.model_seconds += elapsed
             task.steps += 1
+            if task.generation.failure is not None:  # this request alone failed (its settings or state)
+                log.error("request %s failed: %r", task.id, task.generation.failure)
+                self._fail_tasks([task], "writing this request failed; please try again or change its settings")
+                continue
             self._send_deltas(task, deltas)
             if task.generation.finished:
-                self._send_deltas(task, self.engine.flush(task.generation))
-                self._finish(task)
+                self.tasks.remove(task)
+                try:
+                    self._send_deltas(task, self.engine.flush(task.generation))
+                    self._finish(task)
+                except Exception:  # finishing this one failed: it alone is told
+                    log.exception("finishing request %s failed", task.id)
+                    self._fail_tasks([task], "the server failed while finishing this request; please try again")
+
+    def _fail_tasks(self, tasks, message):
+        """Tell each task's tab that it failed (`internal`) and drop the tasks; the others go on."""
+        error = ProtocolError(message, code=protocol.INTERNAL)
+        for task in tasks:
+            self.emit(protocol.ERROR, protocol.error_payload(task.id, error), to=task.sid)
+            if task in self.tasks:
                 self.tasks.remove(task)
 
     def _start_call(self, tasks):
@@ -282,18 +326,32 @@ class Scheduler:
         while self.inbox:
             kind, sid, argument = self.inbox.popleft()
             if kind == "submit":
-                self._start(sid, *argument)
-            elif kind == "cancel":
-                self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
-                                     and task.id == request_id)
-            elif kind == "score":
-                _replace_at_back(self.scores, sid, argument)
-            elif kind == "prime":
-                _replace_at_back(self.primes, sid, argument)
-            elif kind == "distribution":
-                self._distribution(sid, argument)
-            elif kind == "disconnect":
-                self._forget(sid)
+                self.waiting -= 1
+            try:
+                self._apply(kind, sid, argument)
+            except Exception:  # this command fails alone
+                log.exception("applying %s for %s failed", kind, sid)
+                request_id = argument[0].id if kind == "submit" else argument if kind == "cancel" else \
+                    getattr(argument, "id", None)
+                error = ProtocolError("the server failed to handle this request; please try again",
+                                      code=protocol.INTERNAL)
+                self.emit(protocol.ERROR, protocol.error_payload(request_id, error), to=sid)
+
+    def _apply(self, kind, sid, argument):
+        """Carry out one command from the inbox."""
+        if kind == "submit":
+            self._start(sid, *argument)
+        elif kind == "cancel":
+            self._cancel_running(lambda task, sid=sid, request_id=argument: task.sid == sid
+                                 and task.id == request_id)
+        elif kind == "score":
+            replace_at_back(self.scores, sid, argument)
+        elif kind == "prime":
+            replace_at_back(self.primes, sid, argument)
+        elif kind == "distribution":
+            self._distribution(sid, argument)
+        elif kind == "disconnect":
+            self._forget(sid)
 
     def _start(self, sid, request, owner):
         """A new request replaces the student's running one (one request in flight per student)."""
@@ -349,90 +407,11 @@ class Scheduler:
             total -= old.cache_bytes()
             self.engine.release(old)  # extend still works: it re-reads prompt and options
 
-    def _prime_one(self):
-        """Read one chunk of the longest-waiting tab's text; it goes back in line until all is read."""
-        sid, request = self.primes.popitem(last=False)
-        prefix = self.prefixes.pop(sid, None)
-        try:
-            prefix, complete = self.runner.run_blocking(self.engine.prime, request.text, request.settings, prefix)
-        except Exception:  # priming is a courtesy: the TAB will read the text itself
-            log.exception("priming failed for %s", request.id)
-            return
-        if prefix is not None:
-            self._keep_prefix(sid, prefix)
-        if complete:
-            self.emit(protocol.PRIMED, protocol.primed_payload(request.id, len(prefix.ids) if prefix else 0), to=sid)
-        else:
-            self.primes.setdefault(sid, request)  # unless a newer text for this tab came in meanwhile
-
-    def _score_one(self):
-        """Answer the longest-waiting `score`."""
-        sid, request = self.scores.popitem(last=False)
-        answer = self._idle_call(sid, request, "scoring", self.engine.score, request.text, self.scored.pop(sid, None))
-        if answer is None:
-            return
-        scores, scored = answer
-        if scored is not None:
-            self.scored[sid] = scored
-            self._within_prefix_budget()
-        self.emit(protocol.SCORE, protocol.score_payload(request.id, scores), to=sid)
-
-    def _distribution(self, sid, request):
-        """Reshape the tab's last logits when the text is the same; otherwise wait for the model to read it."""
-        text, logits = self.next_logits.get(sid, (None, None))
-        if text != request.text:
-            _replace_at_back(self.distributions, sid, request)
-            return
-        self.distributions.pop(sid, None)
-        answer = self.runner.run_blocking(self.engine.distribution, logits, request.settings)
-        self.emit(protocol.DISTRIBUTION, protocol.distribution_payload(request.id, answer), to=sid)
-
-    def _distribution_one(self):
-        """Read the text of the longest-waiting distribution request (from the tab's prompt cache), then answer."""
-        sid, request = self.distributions.popitem(last=False)
-        answer = self._idle_call(sid, request, "reading the text", self.engine.next_token_logits, request.text,
-                                 self.prefixes.pop(sid, None))
-        if answer is None:
-            return
-        logits, prefix = answer
-        self._keep_prefix(sid, prefix)
-        self.next_logits[sid] = (request.text, logits)
-        self._distribution(sid, request)
-
-    def _idle_call(self, sid, request, doing, call, *args):
-        """Run an idle-time model call for `request`; when it fails, log it, tell the tab, and return None."""
-        try:
-            return self.runner.run_blocking(call, *args)
-        except Exception:
-            log.exception("%s failed for %s", doing, request.id)
-            error = ProtocolError(f"the model failed while {doing}; please try again", code=protocol.INTERNAL)
-            self.emit(protocol.ERROR, protocol.error_payload(request.id, error), to=sid)
-            return None
-
-    def _keep_prefix(self, sid, prefix):
-        """Keep the tab's newest prompt cache for its next TAB; forget the least recently used over the budget."""
-        self.prefixes[sid] = prefix
-        self._within_prefix_budget()
-
-    def _within_prefix_budget(self):
-        """Forget the least recently used scored texts, then prompt caches, until both fit PREFIX_CACHE_MB."""
-        total = sum(kept.cache_bytes() for kept in [*self.prefixes.values(), *self.scored.values()])
-        for kept in (self.scored, self.prefixes):  # a Tab's prompt cache matters more than a perplexity's
-            while total > self.prefix_budget_bytes and kept:
-                _, oldest = kept.popitem(last=False)
-                total -= oldest.cache_bytes()
-
     # ---- figures for the status bar and /healthz -----------------------------------
 
     def load(self):
         """How busy the scheduler is right now."""
-        return {"running": len(self.tasks), "waiting": len(self.inbox)}
-
-
-def _replace_at_back(pending, sid, request):
-    """The tab's newest idle-time request replaces its older one and waits at the back of the line."""
-    pending.pop(sid, None)
-    pending[sid] = request
+        return {"running": len(self.tasks), "waiting": self.waiting}
 
 
 def _ms(start, end):

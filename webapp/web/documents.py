@@ -3,7 +3,14 @@ import dataclasses
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
 
-from ..hosting.access import SESSION_COOKIE, gatekeeper, resolve_session, set_session_cookie
+from ..hosting.access import (
+    SESSION_COOKIE,
+    TooManySessions,
+    gatekeeper,
+    resolve_session,
+    set_session_cookie,
+    too_many_sessions_response,
+)
 from .protocol import ProtocolError, parse_settings
 
 documents = Blueprint("documents", __name__)
@@ -12,7 +19,10 @@ documents = Blueprint("documents", __name__)
 @documents.post("/api/publish")
 def publish():
     """Store the posted document with the model and settings used; answer its link."""
-    session, new_token = resolve_session()
+    try:
+        session, new_token = resolve_session()
+    except TooManySessions as error:
+        return too_many_sessions_response(error, as_json=True)
     if session is None:
         return jsonify({"error": "join the class first"}), 401
     config = current_app.config
@@ -32,6 +42,9 @@ def publish():
     if classroom.store.count_documents(session.student_id) >= config["PUBLISHED_PER_STUDENT"]:
         most = config["PUBLISHED_PER_STUDENT"]
         return jsonify({"error": f"you have published {most} documents, the most allowed"}), 403
+    if classroom.store.count_documents() >= config["PUBLISHED_PER_CLASS"]:
+        most = config["PUBLISHED_PER_CLASS"]
+        return jsonify({"error": f"the class has published {most} documents, the most allowed"}), 403
     model = current_app.extensions["tabwrite"].status()["model"]
     document_id = classroom.store.publish(session, text, model, dataclasses.asdict(settings))
     response = jsonify({"id": document_id, "url": url_for("documents.show", document_id=document_id)})

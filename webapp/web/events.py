@@ -5,6 +5,7 @@ from flask import request
 from flask_socketio import ConnectionRefusedError
 
 from ..hosting.access import SESSION_COOKIE
+from ..hosting.classroom import TooManyConnections
 from . import protocol
 from .protocol import (
     CancelRequest,
@@ -15,6 +16,8 @@ from .protocol import (
     ScoreRequest,
     SuggestRequest,
 )
+
+REFUSED_TRANSPORT_SECONDS = 1.0  # a refused connection's transport is closed this long after the refusal is sent
 
 
 def register_events(socketio, models, classroom, max_text_chars):
@@ -33,13 +36,26 @@ def register_events(socketio, models, classroom, max_text_chars):
             raise
         classroom.metrics.request_received(models.depth())
 
+    def refuse(message, data):
+        """Refuse this connection and close its transport too (a refused client keeps nothing open)."""
+        eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, "/")
+        socketio.start_background_task(close_transport, eio_sid)
+        raise ConnectionRefusedError(message, data)
+
+    def close_transport(eio_sid):
+        socketio.sleep(REFUSED_TRANSPORT_SECONDS)  # the refusal reaches the client first
+        socketio.server.eio.disconnect(eio_sid)
+
     @socketio.on("connect")
     def on_connect(auth=None):
         session = classroom.session_for(request.cookies.get(SESSION_COOKIE))
         if session is None and classroom.code:
             # the page sees this message in `connect_error` and sends the student to /join
-            raise ConnectionRefusedError("join the class first: enter the class code", {"code": "join"})
-        classroom.connect(request.sid, session)
+            refuse("join the class first: enter the class code", {"code": "join"})
+        try:
+            classroom.connect(request.sid, session, request.remote_addr or "?")
+        except TooManyConnections as error:
+            refuse(str(error), {"code": "too_many_connections"})
         socketio.emit(protocol.STATUS, models.status(), to=request.sid)
         socketio.emit(protocol.POLICY, classroom.policy.to_payload(), to=request.sid)
 
@@ -80,7 +96,8 @@ def register_events(socketio, models, classroom, max_text_chars):
     @socketio.on(protocol.PRIME)
     @replying_errors
     def on_prime(payload):
-        # not rate-limited or queued: one pending text per tab, read only while the model is idle
+        classroom.admit_control(request.sid)
+        # not queued: one pending text per tab, read only while the model is idle
         prime = PrimeRequest.from_payload(payload, max_text_chars, classroom.policy.base())
         settings = classroom.policy.apply(prime.settings)
         models.scheduler_for(settings.model).prime(request.sid, PrimeRequest(prime.id, prime.text, settings))
@@ -88,12 +105,14 @@ def register_events(socketio, models, classroom, max_text_chars):
     @socketio.on(protocol.SCORE)
     @replying_errors
     def on_score(payload):
+        classroom.admit_control(request.sid)
         score = ScoreRequest.from_payload(payload, max_text_chars)
         models.scheduler_for(score.model).score(request.sid, score)
 
     @socketio.on(protocol.DISTRIBUTION)
     @replying_errors
     def on_distribution(payload):
+        classroom.admit_control(request.sid)
         # idle-time work like `score`; a settings change on the same text is answered without the model
         asked = DistributionRequest.from_payload(payload, max_text_chars, classroom.policy.base())
         settings = classroom.policy.apply(asked.settings)
@@ -103,6 +122,7 @@ def register_events(socketio, models, classroom, max_text_chars):
     @socketio.on(protocol.CANCEL)
     @replying_errors
     def on_cancel(payload):
+        classroom.admit_control(request.sid)
         request_id = CancelRequest.from_payload(payload).id
         for scheduler in models.schedulers:  # ids are the client's own: only the one running it has it
             scheduler.cancel(request.sid, request_id)

@@ -6,7 +6,17 @@ test fails when the two drift apart.
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-from ..generation.settings import BEAM, GREEDY, MODES, RANGES, SAMPLE, SEED_RANGE, STOP_AT, SamplingSettings
+from ..generation.settings import (
+    BEAM,
+    GREEDY,
+    MODES,
+    RANGES,
+    SAMPLE,
+    SEED_RANGE,
+    STOP_AT,
+    TEMPERATURE_FLOOR,
+    SamplingSettings,
+)
 
 # Client -> server
 SUGGEST = "suggest"
@@ -80,6 +90,9 @@ def parse_settings(payload, base=None):
             values[name] = None if value is None else _check_number(value, SEED_RANGE, "settings.seed")
         else:
             values[name] = _check_number(value, RANGES[name], f"settings.{name}")
+    if 0 < values.get("temperature", 1) < TEMPERATURE_FLOOR:
+        raise ProtocolError(f"settings.temperature must be 0 (greedy) or from {TEMPERATURE_FLOOR} to "
+                            f"{RANGES['temperature'].high} (got {values['temperature']})", "settings.temperature")
     settings = dataclasses.replace(base, **values)
     if settings.mode == BEAM and settings.n > settings.beams:
         raise ProtocolError(f"beam search shows at most its {settings.beams} beams: n must be at most beams",
