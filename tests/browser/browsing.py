@@ -1,5 +1,6 @@
 """Chromium driven by Playwright: launching it, opening pages that record their errors, and page actions."""
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,18 @@ def wait_until_done(page):
     page.wait_for_function("() => document.querySelectorAll('#suggestions .option.streaming').length === 0")
 
 
+
+
+AXE_SOURCE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_violations(page):
+    """axe-core's default rules on the page as it is now: [{id, impact, nodes: [target, …]}, …].
+
+    axe comes from npm (a dev dependency, never served to users). The page's CSP refuses inline
+    scripts (Playwright's add_script_tag), so it is evaluated through the DevTools protocol.
+    """
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.evaluate(AXE_SOURCE.read_text())
+    return page.evaluate("""async () => (await axe.run(document)).violations.map(v => ({
+        id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))""")
