@@ -22,6 +22,7 @@ const editor = new Editor($("editor"));
 const statusBar = new StatusBar({
   root: $("status"), connection: $("statusConnection"), model: $("statusModel"), device: $("statusDevice"),
   loading: $("statusLoading"), timing: $("statusTiming"), perplexity: $("statusPerplexity"), warning: $("statusWarning"), message: $("statusMessage"),
+  announcer: $("announcer"),
 });
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
@@ -179,8 +180,18 @@ function onDone(payload) {
   const { set, column } = findColumn(payload.id);
   if (!set) return;
   column.finishWith(payload.id, payload);
-  if (active === set && !set.streaming) active = null;
+  if (active === set && !set.streaming) {
+    active = null;
+    if (sets[current] === set) announceSet(set);
+  }
   if (sets[current] === set) renderCurrent();
+}
+
+// A screen reader hears one sentence when a set is ready, never the words as they stream in.
+function announceSet(set) {
+  const count = set.columns.reduce((sum, column) => sum + column.options.filter(Boolean).length, 0);
+  const which = sets.length > 1 ? `Set ${current + 1} of ${sets.length}: ` : "";
+  statusBar.announce(count ? `${which}${count} suggestion${count === 1 ? "" : "s"} ready` : "No suggestions");
 }
 
 const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
@@ -204,7 +215,6 @@ function openPopup() {
   renderCurrent();
   const wrap = $("editorWrap");
   popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
-  editor.textarea.setAttribute("aria-expanded", "true");
 }
 
 function closePopup() {
@@ -212,7 +222,6 @@ function closePopup() {
   popup.close();
   sets = [];
   current = -1;
-  editor.textarea.setAttribute("aria-expanded", "false");
   editor.textarea.removeAttribute("aria-activedescendant");
 }
 
@@ -220,6 +229,7 @@ function showSet(index) {
   if (index < 0 || index >= sets.length) return;
   current = index;
   renderCurrent();
+  if (!sets[current].streaming) announceSet(sets[current]);
 }
 
 function accept(i) {
@@ -235,8 +245,17 @@ function accept(i) {
 
 // ---- keys and edits --------------------------------------------------------------------
 
+// With no options open, Esc then Tab (or Shift+Tab) leaves the editor for the next (or previous)
+// control, as in code editors: Tab itself writes with the model. Esc with options open only closes
+// them (Tab then asks again); any other key in between keeps Tab for the model.
+let leaving = false;
+
 editor.textarea.addEventListener("keydown", (event) => {
+  if (MODIFIER_KEYS.has(event.key)) return;
+  const wasLeaving = leaving;
+  leaving = event.key === "Escape" && !popup.isOpen;
   if (event.key === "Tab" && !event.ctrlKey && !event.altKey && !event.metaKey) {
+    if (wasLeaving) return; // the browser moves the focus on
     event.preventDefault(); // Tab writes with the model instead of leaving the editor
     if (event.shiftKey || !popup.isOpen) {
       if (!popup.isOpen) sets = [];
@@ -246,7 +265,7 @@ editor.textarea.addEventListener("keydown", (event) => {
     }
     return;
   }
-  if (!popup.isOpen || MODIFIER_KEYS.has(event.key)) return;
+  if (!popup.isOpen) return;
   const actions = {
     ArrowDown: () => popup.move(1),
     ArrowUp: () => popup.move(-1),
@@ -264,6 +283,7 @@ editor.textarea.addEventListener("keydown", (event) => {
 });
 
 editor.textarea.addEventListener("mousedown", () => { if (popup.isOpen) closePopup(); });
+editor.textarea.addEventListener("blur", () => { leaving = false; });
 editor.textarea.addEventListener("scroll", () => { if (popup.isOpen) closePopup(); });
 window.addEventListener("resize", () => { if (popup.isOpen) closePopup(); });
 

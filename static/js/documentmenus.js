@@ -1,16 +1,19 @@
 // The Examples and File menus: loading a lesson's prompt, exporting and importing the document.
 import { exportDocument, importDocument } from "./files.js";
+import { Menu } from "./menus.js";
 import { $, SELECTORS } from "./selectors.js";
 
 // `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save().
 export function wireDocumentMenus(parts) {
   const { settings, statusBar, provenance } = parts;
+  const examples = new Menu($("examplesMenu"));
+  const file = new Menu($("fileMenu"));
 
   for (const button of document.querySelectorAll(SELECTORS.examples)) {
     button.addEventListener("click", () => {
       parts.replaceDocument(button.dataset.text);
       settings.apply(JSON.parse(button.dataset.settings));
-      $("examplesMenu").open = false;
+      examples.close(false); // the focus is in the editor, with the example's text
       statusBar.note(`Example loaded. ${button.dataset.note}`);
     });
   }
@@ -27,14 +30,18 @@ export function wireDocumentMenus(parts) {
       link.download = `tabwrite-document.${kind}`;
       link.click();
       setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
-      $("fileMenu").open = false;
+      file.close();
     });
   }
+
+  $("importButton").addEventListener("click", () => {
+    file.close();
+    $("importFile").click();
+  });
 
   $("importFile").addEventListener("change", async (event) => {
     const [file] = event.target.files;
     event.target.value = ""; // the same file can be chosen again
-    $("fileMenu").open = false;
     if (!file) return;
     try {
       const doc = importDocument(file.name, await file.text());

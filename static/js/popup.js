@@ -68,22 +68,23 @@ export class SuggestionsPopup {
     this.items = [];
     this.el.classList.toggle("compare", set.columns.length > 1);
     for (const column of set.columns) {
-      const group = document.createElement("div");
-      group.className = "column";
-      group.setAttribute("role", "group");
+      // the listbox holds only options, or in compare mode one labelled group of options per model
+      let group = this.list;
       if (set.columns.length > 1) {
+        group = document.createElement("div");
+        group.className = "column";
+        group.setAttribute("role", "group");
         const head = document.createElement("div");
         head.className = "column-head";
-        head.textContent = describeColumn(column, sizes[column.model]);
-        group.setAttribute("aria-label", column.model);
+        head.setAttribute("aria-hidden", "true"); // the group's name says the same
         group.append(head);
+        this.list.append(group);
       }
       column.options.forEach(() => {
         const item = this.createItem(this.items.length);
         this.items.push(item);
         group.append(item);
       });
-      this.list.append(group);
     }
     set.columns.forEach((column) => this.updateColumn(set, column, sizes));
     const which = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
@@ -98,8 +99,12 @@ export class SuggestionsPopup {
     const first = set.firstIndexOf(column);
     column.options.forEach((text, k) => this.updateOption(first + k, text, column.finish?.[k], column.streaming,
       column.likelihood?.[k]));
-    const head = this.items[first]?.parentElement.querySelector(".column-head");
-    if (head) head.textContent = describeColumn(column, sizes[column.model]);
+    const group = this.items[first]?.closest(".column");
+    if (group) {
+      const description = describeColumn(column, sizes[column.model]);
+      group.querySelector(".column-head").textContent = description;
+      group.setAttribute("aria-label", description);
+    }
   }
 
   createItem(i) {

@@ -3,6 +3,13 @@ import { formatSize } from "./popup.js";
 import { storage } from "./storage.js";
 
 const NUMBERS = ["n", "temperature", "top_k", "top_p", "length", "beams", "no_repeat_ngram"];
+// the settings each decoding mode leaves aside
+const UNUSED = {
+  greedy: ["temperature", "top_k", "top_p", "beams", "n"],
+  beam: ["temperature", "top_k", "top_p"],
+  sample: ["beams"],
+};
+const MODE_NAMES = { greedy: "greedy decoding", beam: "beam search", sample: "sampling" };
 
 function modelOption(model) {
   const size = model.parameters ? ` · ${formatSize(model.parameters)} parameters` : "";
@@ -29,7 +36,8 @@ export class SettingsPanel {
       this.show(input);
     }
     elements.reset.addEventListener("click", () => this.reset());
-    for (const button of elements.presets) {
+    this.presets = [...elements.presets];
+    for (const button of this.presets) {
       button.addEventListener("click", () => {
         this.apply(JSON.parse(button.dataset.settings));
         this.presetNote.textContent = button.dataset.note;
@@ -76,10 +84,29 @@ export class SettingsPanel {
     compare.closest(".setting").hidden = models.length < 2;
   }
 
-  // Settings the chosen decoding mode does not use are dimmed (greedy and beam search ignore temperature…).
+  // Settings the chosen decoding mode does not use are dimmed and say so (greedy and beam search ignore
+  // temperature…); a preset shows as pressed while the settings are its own.
   showMode() {
     const mode = this.inputs.find((input) => input.name === "mode")?.value ?? "sample";
     this.panel.dataset.mode = mode;
+    for (const input of this.inputs) {
+      const setting = input.closest(".setting");
+      const unused = (UNUSED[mode] ?? []).includes(input.name);
+      setting.classList.toggle("unused", unused);
+      let note = setting.querySelector(".unused-note");
+      if (unused && !note) {
+        note = document.createElement("span");
+        note.className = "unused-note";
+        setting.querySelector(".setting-name").append(note);
+      }
+      if (note) note.textContent = unused ? `not used by ${MODE_NAMES[mode]}` : "";
+    }
+    const values = this.values();
+    for (const button of this.presets) {
+      const preset = Object.entries(JSON.parse(button.dataset.settings));
+      const same = preset.every(([name, value]) => String(values[name]) === String(value));
+      button.setAttribute("aria-pressed", String(same));
+    }
   }
 
   // The teacher's class settings: defaults for students who chose nothing, locks, and size caps.

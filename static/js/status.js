@@ -1,5 +1,7 @@
 import { formatSize } from "./popup.js";
 
+const ANNOUNCE_DELAY_MS = 100; // screen readers miss a live region's text changed twice in one task
+
 // The status bar: connection, model, device, loading state, and the last time to first option.
 export class StatusBar {
   constructor(elements) {
@@ -42,6 +44,14 @@ export class StatusBar {
   message(text) {
     this.el.message.classList.remove("note");
     this.el.message.textContent = text;
+  }
+
+  // One sentence for screen readers (a polite live region): emptied first, so that the same news is read again.
+  announce(text) {
+    const { announcer } = this.el;
+    announcer.textContent = "";
+    clearTimeout(this.announcing);
+    this.announcing = setTimeout(() => { announcer.textContent = text; }, ANNOUNCE_DELAY_MS);
   }
 
   // Like message, but news rather than a problem.
