@@ -6,6 +6,7 @@ import { Editor } from "./editor.js";
 import { wireDocumentMenus } from "./documentmenus.js";
 import { LearningLens } from "./learning.js";
 import { Lens } from "./lens.js";
+import { Popover } from "./menus.js";
 import { Column, OptionSet } from "./optionsets.js";
 import { SuggestionsPopup } from "./popup.js";
 import { Provenance } from "./provenance.js";
@@ -26,7 +27,7 @@ const statusBar = new StatusBar({
 });
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
-  toggle: $("settingsToggle"), reset: $("settingsReset"),
+  toggle: $("settingsToggle"), reset: $("settingsReset"), close: $("settingsClose"),
   presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"), compare: $("compareModel"),
   onChange: () => { // the chart follows every slider; the perplexity follows the chosen model
     learning?.requestDistribution();
@@ -215,6 +216,7 @@ function openPopup() {
   renderCurrent();
   const wrap = $("editorWrap");
   popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
+  showActions(true);
 }
 
 function closePopup() {
@@ -223,7 +225,30 @@ function closePopup() {
   sets = [];
   current = -1;
   editor.textarea.removeAttribute("aria-activedescendant");
+  showActions(false);
 }
+
+// ---- buttons for what Tab and Shift+Tab do: phones have no Tab key --------------------------
+
+function showActions(optionsOpen) {
+  $("actionLonger").disabled = !optionsOpen;
+  $("actionNew").disabled = !optionsOpen;
+}
+
+function wireAction(button, action) {
+  button.addEventListener("mousedown", (event) => event.preventDefault()); // the caret (and a phone's keyboard) stay
+  button.addEventListener("click", (event) => {
+    action();
+    if (event.detail === 0) editor.focus(); // pressed from the keyboard: ↑ ↓ and Enter choose in the editor
+  });
+}
+
+wireAction($("actionSuggest"), () => {
+  if (popup.isOpen) closePopup();
+  requestSuggestions();
+});
+wireAction($("actionLonger"), () => extendSet());
+wireAction($("actionNew"), () => requestSuggestions());
 
 function showSet(index) {
   if (index < 0 || index >= sets.length) return;
@@ -285,7 +310,18 @@ editor.textarea.addEventListener("keydown", (event) => {
 editor.textarea.addEventListener("mousedown", () => { if (popup.isOpen) closePopup(); });
 editor.textarea.addEventListener("blur", () => { leaving = false; });
 editor.textarea.addEventListener("scroll", () => { if (popup.isOpen) closePopup(); });
-window.addEventListener("resize", () => { if (popup.isOpen) closePopup(); });
+// A new width moves the text under the options; a phone's keyboard coming and going changes only the height.
+let width = window.innerWidth;
+window.addEventListener("resize", () => {
+  if (popup.isOpen && window.innerWidth !== width) closePopup();
+  width = window.innerWidth;
+});
+
+// On small screens the top bar's tools fold into a Menu button.
+const tools = new Popover($("toolsToggle"), $("tools"), (open) => $("tools").classList.toggle("open", open));
+for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
+  button.addEventListener("click", () => { if (tools.isOpen) tools.close(false); });
+}
 
 let saveTimer = null;
 function saveDocument() {

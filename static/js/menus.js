@@ -1,15 +1,59 @@
-// Menu buttons (the WAI-ARIA menu button pattern): a button opens a role=menu of items; ↑ ↓ Home End
-// move between them, Esc closes and gives the focus back to the button, Tab closes and moves on.
+// Buttons that open a panel: the collapsed top bar (a disclosure) and the Examples and File menus
+// (the WAI-ARIA menu button pattern). Esc closes and gives the focus back to the button; so does
+// choosing; a tap elsewhere, or the focus moving elsewhere (Tab), closes and moves on.
 
-const open = new Set(); // the menus open now (at most one: opening one closes the others)
+const opened = new Set(); // the open popovers: opening one closes the others it is not inside
 
-export class Menu {
-  // `root` holds a .menu-button, a .menu-body and inside it a [role=menu] of [role=menuitem]s.
+export class Popover {
+  // `button` toggles `body`; `show(open)` shows or hides it (by default the body's hidden attribute).
+  constructor(button, body, show = (open) => { body.hidden = !open; }) {
+    this.button = button;
+    this.body = body;
+    this.show = show;
+    this.isOpen = false;
+    button.addEventListener("click", () => (this.isOpen ? this.close() : this.open()));
+    body.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape" || !this.isOpen) return;
+      event.preventDefault();
+      event.stopPropagation(); // Esc closes this, not the view behind it
+      this.close();
+    });
+    body.addEventListener("focusout", (event) => {
+      if (this.isOpen && !this.holds(event.relatedTarget)) this.close(false);
+    });
+    document.addEventListener("pointerdown", (event) => {
+      if (this.isOpen && !this.holds(event.target)) this.close(false);
+    });
+  }
+
+  holds(element) {
+    return Boolean(element) && (this.button.contains(element) || this.body.contains(element));
+  }
+
+  open() {
+    for (const other of opened) if (!other.holds(this.button)) other.close(false);
+    opened.add(this);
+    this.isOpen = true;
+    this.show(true);
+    this.button.setAttribute("aria-expanded", "true");
+  }
+
+  // Close; with `returnFocus` (Esc, or an item chosen) the focus goes back to the button.
+  close(returnFocus = true) {
+    opened.delete(this);
+    this.isOpen = false;
+    this.show(false);
+    this.button.setAttribute("aria-expanded", "false");
+    if (returnFocus) this.button.focus();
+  }
+}
+
+// `root` holds a .menu-button, a .menu-body and inside it a [role=menu] of [role=menuitem]s:
+// ↑ ↓ Home End move between the items, ↓ or ↑ on the button opens on the first or last.
+export class Menu extends Popover {
   constructor(root) {
-    this.button = root.querySelector(".menu-button");
-    this.body = root.querySelector(".menu-body");
+    super(root.querySelector(".menu-button"), root.querySelector(".menu-body"));
     this.items = [...root.querySelectorAll("[role=menuitem]")];
-    this.button.addEventListener("click", () => (this.isOpen ? this.close() : this.open(0)));
     this.button.addEventListener("keydown", (event) => {
       const first = { ArrowDown: 0, ArrowUp: this.items.length - 1 }[event.key];
       if (first === undefined) return;
@@ -17,32 +61,11 @@ export class Menu {
       this.open(first);
     });
     this.body.addEventListener("keydown", (event) => this.onKey(event));
-    this.body.addEventListener("focusout", (event) => {
-      if (this.isOpen && !root.contains(event.relatedTarget)) this.close(false); // Tab, or a click elsewhere
-    });
-    document.addEventListener("pointerdown", (event) => {
-      if (this.isOpen && !root.contains(event.target)) this.close(false);
-    });
   }
 
-  get isOpen() {
-    return !this.body.hidden;
-  }
-
-  open(index) {
-    for (const other of open) if (other !== this) other.close(false);
-    open.add(this);
-    this.body.hidden = false;
-    this.button.setAttribute("aria-expanded", "true");
+  open(index = 0) {
+    super.open();
     this.focus(index);
-  }
-
-  // Close; with `returnFocus` (Esc, or an item chosen) the focus goes back to the menu's button.
-  close(returnFocus = true) {
-    open.delete(this);
-    this.body.hidden = true;
-    this.button.setAttribute("aria-expanded", "false");
-    if (returnFocus) this.button.focus();
   }
 
   focus(index) {
@@ -57,11 +80,9 @@ export class Menu {
       ArrowUp: () => this.focus(at - 1),
       Home: () => this.focus(0),
       End: () => this.focus(this.items.length - 1),
-      Escape: () => this.close(),
     };
     if (!moves[event.key]) return;
     event.preventDefault();
-    event.stopPropagation(); // Esc here closes the menu, not the view behind it
     moves[event.key]();
   }
 }

@@ -9,6 +9,7 @@ const UNUSED = {
   beam: ["temperature", "top_k", "top_p"],
   sample: ["beams"],
 };
+const DRAWER_QUERY = "(max-width: 800px)"; // as in style.css
 const MODE_NAMES = { greedy: "greedy decoding", beam: "beam search", sample: "sampling" };
 
 function modelOption(model) {
@@ -44,7 +45,31 @@ export class SettingsPanel {
       });
     }
     this.showMode();
-    this.toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
+    this.wireDrawer(elements.close);
+  }
+
+  // Beside the editor on wide screens (open at first); a drawer over it on narrow ones (closed at first),
+  // which Esc, Close or a tap outside closes, giving the focus back to the Settings button.
+  wireDrawer(close) {
+    const narrow = window.matchMedia(DRAWER_QUERY);
+    this.setOpen(!narrow.matches);
+    narrow.addEventListener("change", () => this.setOpen(!narrow.matches));
+    this.toggle.addEventListener("click", () => {
+      this.setOpen(this.panel.hidden);
+      if (!this.panel.hidden && narrow.matches) close.focus();
+    });
+    const closeDrawer = () => {
+      this.setOpen(false);
+      this.toggle.focus();
+    };
+    close.addEventListener("click", closeDrawer);
+    this.panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && narrow.matches) closeDrawer();
+    });
+    document.addEventListener("pointerdown", (event) => {
+      const inside = this.panel.contains(event.target) || this.toggle.contains(event.target);
+      if (narrow.matches && !this.panel.hidden && !inside) this.setOpen(false);
+    });
   }
 
   setOpen(open) {

@@ -12,9 +12,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 TIMEOUT_MS = 60_000
 
 
-def open_page(browser, url, wait_connected=True):
-    """A page in a fresh context (its own cookies) that records page errors, HTTP errors and Socket.IO frames."""
-    context = browser.new_context(viewport={"width": 1200, "height": 760})
+def open_page(browser, url, wait_connected=True, **context_options):
+    """A page in a fresh context (its own cookies) that records page errors, HTTP errors and Socket.IO frames.
+
+    `context_options` go to Playwright's new_context (a phone's viewport, touch, a dark colour scheme).
+    """
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 760}, **context_options})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.errors = []
