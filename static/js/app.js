@@ -125,20 +125,42 @@ function requestSuggestions() {
   openPopup();
 }
 
+// Tab again: every column of the shown set writes on. A column whose request the server may not have
+// started yet (no words, no `done`) would be refused as an unknown set: it waits for its first words.
 function extendSet() {
   const set = sets[current];
-  // an extend keeps the set's size, decoding mode, model and random stream
-  const { n, seed, mode, model, ...overrides } = settings.values();
   for (const column of set.columns) {
-    const parent = column.requestId;
-    const id = connection.nextId();
-    column.continueWith(id);
-    connection.send("extend", { id, parent, settings: { ...overrides, model: column.model } });
+    if (column.waitingForServer) column.longerWanted += 1;
+    else extendColumn(column);
   }
   active = set;
   popup.hideError();
   renderCurrent();
 }
+
+function extendColumn(column) {
+  // an extend keeps the set's size, decoding mode, model and random stream
+  const { n, seed, mode, model, ...overrides } = settings.values();
+  const parent = column.requestId;
+  const id = connection.nextId();
+  column.continueWith(id);
+  connection.send("extend", { id, parent, settings: { ...overrides, model: column.model } });
+}
+
+// A Tab again that waited for this column's set: the set exists now.
+function extendIfWanted(column) {
+  if (!column.longerWanted || column.waitingForServer) return;
+  column.longerWanted -= 1;
+  extendColumn(column);
+}
+
+// While a request waits for its first words, its options count the seconds.
+const WAITING_TICK_MS = 1000;
+setInterval(() => {
+  const set = sets[current];
+  if (!set || !popup.isOpen) return;
+  for (const column of set.columns) if (column.waitingForServer) popup.updateColumn(set, column, modelSizes);
+}, WAITING_TICK_MS);
 
 function cancelActive() {
   if (!active) return;
@@ -150,7 +172,10 @@ function cancelActive() {
 }
 
 function stopStreaming(set) {
-  for (const column of set.columns) column.streaming = false;
+  for (const column of set.columns) {
+    column.streaming = false;
+    column.longerWanted = 0;
+  }
   if (sets[current] === set) renderCurrent();
 }
 
@@ -174,6 +199,7 @@ function onDelta({ id, deltas }) {
   const waiting = column.firstMs === null;
   column.addDeltas(deltas);
   if (waiting && column.firstMs !== null && column === set.columns[0]) statusBar.timing(column.firstMs);
+  if (column.requestId === id) extendIfWanted(column);
   if (sets[current] === set) popup.updateColumn(set, column, modelSizes);
 }
 
@@ -181,6 +207,7 @@ function onDone(payload) {
   const { set, column } = findColumn(payload.id);
   if (!set) return;
   column.finishWith(payload.id, payload);
+  if (column.requestId === payload.id) extendIfWanted(column);
   if (active === set && !set.streaming) {
     active = null;
     if (sets[current] === set) announceSet(set);
@@ -196,13 +223,16 @@ function announceSet(set) {
 }
 
 const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
+// the server's message names the set by its id, which means nothing to a writer
+const ERROR_TEXTS = { unknown_parent: "The server no longer has these options: press Shift+Tab for new ones." };
 
 function onError({ id, code, message }) {
-  const text = ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message;
+  const text = ERROR_TEXTS[code] ?? (ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message);
   statusBar.message(text);
   const { set, column } = findColumn(id);
   if (!set || column.requestId !== id || !column.streaming) return;
   column.streaming = false;
+  column.longerWanted = 0;
   if (active === set && !set.streaming) active = null;
   if (sets[current] === set) {
     renderCurrent();

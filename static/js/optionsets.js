@@ -14,6 +14,16 @@ export class Column {
     this.streaming = true;
     this.sentAt = performance.now();
     this.firstMs = null; // Tab to first words, for this request
+    this.longerWanted = 0; // Tabs again before the server had this set: each extends it once it has
+  }
+
+  // The server has the set (it can be extended) once its first words or its `done` came.
+  get waitingForServer() {
+    return this.streaming && this.firstMs === null;
+  }
+
+  waitedSeconds() {
+    return Math.floor((performance.now() - this.sentAt) / 1000);
   }
 
   // A new request (an extend) writes on into this column.

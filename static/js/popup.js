@@ -1,8 +1,17 @@
 // The suggestions popup: a listbox of options anchored at the caret. It owns its DOM.
 
-const FINISH_LABELS = {
-  length: "", sentence: "", paragraph: "", time: "time limit", eos: "end of text",
-  context: "context window full", cancelled: "stopped",
+// Why an option stopped: a short note beside it where it matters, and the whole story on hover.
+export const FINISH_REASONS = {
+  length: ["", "It reached the length set in the settings; Tab makes it longer."],
+  sentence: ["", "It stopped at the end of a sentence (the Stop at setting); Tab writes on."],
+  paragraph: ["", "It stopped at the end of a paragraph (the Stop at setting); Tab writes on."],
+  time: ["out of time: Tab goes on", "The server gives each Tab a few seconds so that everyone gets a turn; this "
+    + "option used them up. Tab goes on from here."],
+  eos: ["the model ended the text here", "The model's likeliest next token was the end of the text: it thinks the "
+    + "text is finished."],
+  context: ["the model cannot read more", "Your text and this option fill everything the model can read at once "
+    + "(its context window)."],
+  cancelled: ["stopped", "Stopped because you typed, pressed Esc or asked again."],
 };
 
 // Which decoding wrote a set, in a few words for the popup's head.
@@ -19,6 +28,13 @@ function describeColumn(column, parameters) {
   const size = parameters ? ` · ${formatSize(parameters)} parameters` : "";
   const first = column.firstMs === null ? "" : ` · first words in ${Math.round(column.firstMs)} ms`;
   return `${column.model}${size}${first}`;
+}
+
+// While the first words are on their way (a busy server queues requests), how long it has been.
+export function waitingNote(column) {
+  if (column.firstMs !== null) return "writing…";
+  const seconds = column.waitedSeconds();
+  return seconds < 1 ? "waiting…" : `waiting ${seconds} s…`;
 }
 
 export function formatSize(parameters) {
@@ -97,8 +113,7 @@ export class SuggestionsPopup {
   // Show a column's latest text, notes and figures.
   updateColumn(set, column, sizes = {}) {
     const first = set.firstIndexOf(column);
-    column.options.forEach((text, k) => this.updateOption(first + k, text, column.finish?.[k], column.streaming,
-      column.likelihood?.[k]));
+    column.options.forEach((text, k) => this.updateOption(first + k, text, column, k));
     const group = this.items[first]?.closest(".column");
     if (group) {
       const description = describeColumn(column, sizes[column.model]);
@@ -126,12 +141,17 @@ export class SuggestionsPopup {
   }
 
   // Model text only ever enters the page through textContent; line breaks are shown as ↵.
-  updateOption(i, text, finish, streaming, likelihood) {
+  updateOption(i, text, column, k) {
     const item = this.items[i];
     if (!item) return;
+    const { streaming } = column;
+    const likelihood = column.likelihood?.[k];
     item.querySelector(".option-text").textContent = text.replace(/\n/g, "\u21b5\n");
-    const note = streaming ? "writing…" : FINISH_LABELS[finish] ?? "";
-    item.querySelector(".option-note").textContent = note;
+    const [note, why] = streaming ? [waitingNote(column), ""] : FINISH_REASONS[column.finish?.[k]] ?? ["", ""];
+    const noteElement = item.querySelector(".option-note");
+    noteElement.textContent = note;
+    noteElement.title = why;
+    item.title = why;
     item.classList.toggle("streaming", Boolean(streaming));
     const badge = item.querySelector(".option-likelihood");
     const known = !streaming && likelihood && likelihood.perplexity !== null;
