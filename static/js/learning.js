@@ -1,5 +1,6 @@
 // The learning lens's requests and views: the document's score (perplexity, surprise view),
 // the next-token chart, and switching between writing and the read-only views.
+import { tokenCount } from "./lens.js";
 import { $, SELECTORS } from "./selectors.js";
 
 export class LearningLens {
@@ -37,7 +38,7 @@ export class LearningLens {
   }
 
   onScore(result) {
-    this.statusBar.perplexity(result.perplexity, result.tokens.length);
+    this.statusBar.perplexity(result.perplexity, tokenCount(result.tokens));
     if (!this.scoring || result.id !== this.scoring.id) return;
     this.scored = { ...this.scoring, result };
     if (this.view === "surprise") this.showSurprise();

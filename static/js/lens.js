@@ -111,22 +111,23 @@ export class Lens {
   }
 
   // The tooltip: the token's probability and rank, and the model's five likeliest tokens at that place.
+  // A character the model writes in several tokens shows as one, with each token's own figures.
   showTip(span) {
     const token = this.tokens[Number(span.dataset.token)];
     if (!token) return;
-    const head = document.createElement("p");
-    head.className = "tip-head";
-    head.textContent = `\u201c${visible(token.text)}\u201d ${percent(token.logprob)} · rank ${token.rank}`;
+    const head = paragraph("tip-head", `\u201c${visible(token.text)}\u201d ${percent(token.logprob)} · rank ${token.rank}`);
+    const parts = token.parts ? [paragraph("tip-parts", `${token.parts.length} tokens, each part of a character: `
+      + token.parts.map((part) => `${visible(part.text)} ${percent(part.logprob)} (rank ${part.rank})`).join(", "))] : [];
+    const first = token.parts ? token.parts[0].text : token.text;
     const list = document.createElement("ol");
     for (const other of token.top) {
       const item = document.createElement("li");
       item.textContent = `\u201c${visible(other.text)}\u201d ${percent(other.logprob)}`;
-      if (other.text === token.text) item.className = "actual";
+      if (other.text === first) item.className = "actual";
       list.append(item);
     }
-    const label = document.createElement("p");
-    label.textContent = "The model's five likeliest here:";
-    this.tip.replaceChildren(head, label, list);
+    const label = paragraph("", token.parts ? "The model's five likeliest first tokens here:" : "The model's five likeliest here:");
+    this.tip.replaceChildren(head, ...parts, label, list);
     this.tip.hidden = false;
     const box = this.el.getBoundingClientRect();
     const rect = span.getBoundingClientRect();
@@ -134,6 +135,18 @@ export class Lens {
     this.tip.style.left = `${Math.max(8, left)}px`;
     this.tip.style.top = `${rect.bottom - box.top + this.el.scrollTop + 4}px`;
   }
+}
+
+function paragraph(className, text) {
+  const element = document.createElement("p");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
+// Tokens a score covers: a character the model writes in several tokens is one entry with its parts.
+export function tokenCount(tokens) {
+  return tokens.reduce((count, token) => count + (token.parts?.length ?? 1), 0);
 }
 
 function plain(text, className, title) {
