@@ -36,7 +36,7 @@ const settings = new SettingsPanel({
 });
 const lens = new Lens(
   { lens: $("lens"), title: $("lensTitle"), legend: $("lensLegend"), text: $("lensText"), tip: $("lensTip"),
-    close: $("lensClose") },
+    close: $("lensClose"), note: $("lensNote") },
   { onClose: () => learning.setView("write") },
 );
 const distribution = new DistributionPanel(

@@ -77,6 +77,9 @@ export class LearningLens {
     for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
       button.setAttribute("aria-pressed", String(button.dataset.view === next));
     }
+    // the editor and its buttons under a read-only view are out of reach, for the keyboard too
+    this.editor.textarea.inert = next !== "write";
+    $("writeActions").inert = next !== "write";
     if (next === "write") {
       this.lens.close();
       this.editor.focus();
@@ -85,6 +88,6 @@ export class LearningLens {
     this.closePopup();
     if (next === "surprise") this.showSurprise();
     else this.lens.showProvenance(this.provenance.runs(), this.provenance.modelCharacters(), this.editor.text.length);
-    $("lensText").focus();
+    this.lens.focus();
   }
 }

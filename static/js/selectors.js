@@ -37,6 +37,8 @@ export const SELECTORS = {
   lensText: "#lens .lens-text",
   lensTip: "#lens .lens-tip",
   lensClose: "#lens .lens-close",
+  lensNote: "#lens .lens-note",
+  writeActions: ".write-actions",
   viewButtons: ".views [data-view]",
   distribution: "#distribution",
   distributionToggle: "#distribution-toggle",

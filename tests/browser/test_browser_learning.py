@@ -33,3 +33,38 @@ def test_japanese_shows_whole_characters_in_the_surprise_view_its_tooltip_and_th
                            ".textContent !== 'Reading the text…'")
     labels = page.locator("#distribution .token-label").all_text_contents()
     assert not any("\ufffd" in label for label in labels), labels
+
+
+def test_the_surprise_view_of_a_long_document_opens_where_the_scoring_starts_and_is_one_tab_stop(page):
+    sentence = "The river ran past the old mill, and the children watched the boats go by. "
+    page.get_by_role("textbox", name="Document").fill(sentence * 110)  # well over the model's 1024 tokens
+    page.get_by_role("button", name="Surprise").click()
+    tokens = page.locator("#lens .lens-text .token")
+    tokens.first.wait_for()
+    assert page.locator("#lens .lens-text .unscored").count() == 1
+    note = page.locator("#lens .lens-note")
+    assert note.is_visible() and "not scored" in note.inner_text() and "context window" in note.inner_text()
+    assert "not scored" in page.locator("#lens .lens-legend").inner_text()
+    lens, first = page.locator("#lens").bounding_box(), tokens.first.bounding_box()
+    assert lens["y"] <= first["y"] <= lens["y"] + lens["height"], "the view opens at the scored part"
+    assert page.evaluate("() => document.querySelector('#lens').scrollTop") > 0
+    assert page.evaluate("() => document.activeElement.dataset.token") == "0", "the focus is on the first token"
+    assert page.locator("#lens .lens-text [tabindex='0']").count() == 1, "one Tab stop for the whole view"
+    assert page.get_by_role("tooltip").is_visible()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("() => document.activeElement.dataset.token") == "2"
+    assert page.locator("#lens .lens-text [tabindex='0']").count() == 1
+    page.keyboard.press("End")
+    last = page.evaluate("() => document.activeElement.dataset.token")
+    assert int(last) == tokens.count() - 1
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate("() => document.activeElement.dataset.token") == str(int(last) - 1)
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.dataset.token") is None, "Tab leaves the tokens"
+    assert page.evaluate("() => document.activeElement.id") != "editor", "the hidden editor is out of reach"
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate("() => document.activeElement.dataset.token") == str(int(last) - 1), "and comes back"
+    page.keyboard.press("Escape")
+    page.locator("#lens").wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.id") == "editor"
