@@ -23,7 +23,7 @@ const editor = new Editor($("editor"));
 const statusBar = new StatusBar({
   root: $("status"), connection: $("statusConnection"), model: $("statusModel"), device: $("statusDevice"),
   loading: $("statusLoading"), timing: $("statusTiming"), perplexity: $("statusPerplexity"), warning: $("statusWarning"), message: $("statusMessage"),
-  announcer: $("announcer"),
+  announcer: $("announcer"), action: $("statusAction"),
 });
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
@@ -359,7 +359,8 @@ function saveDocument() {
   provenance.update(editor.text);
   storage.saveDocument(editor.text, editor.caret, provenance.spans);
 }
-editor.textarea.addEventListener("input", () => {
+editor.textarea.addEventListener("input", (event) => {
+  followExample(event.inputType);
   provenance.update(editor.text);
   if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
@@ -402,8 +403,24 @@ function replaceDocument(text) {
   saveDocument();
 }
 
+// The last example loaded: undoing it (Ctrl+Z) puts the writer's settings back with the text, redoing it
+// the example's; "Restore my settings" puts them back and keeps the example's text.
+let example = null;
+
+function followExample(inputType) {
+  if (!example) return;
+  if (inputType === "historyUndo" && editor.text === example.textBefore) restoreSettings(example.settingsBefore);
+  else if (inputType === "historyRedo" && editor.text === example.textAfter) settings.apply(example.settingsAfter);
+}
+
+function restoreSettings(values) {
+  settings.apply(values);
+  statusBar.note("Your settings are back.");
+}
+
 wireDocumentMenus({
   settings, statusBar, provenance, currentModel, documentText: () => editor.text, replaceDocument, save: saveDocument,
+  restoreSettings, exampleLoaded: (loaded) => { example = loaded; },
 });
 
 window.addEventListener("pagehide", saveDocument);

@@ -3,7 +3,14 @@ import { exportDocument, importDocument } from "./files.js";
 import { Menu } from "./menus.js";
 import { $, SELECTORS } from "./selectors.js";
 
-// `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save().
+// How the status bar names the settings an example sets.
+const SETTING_NAMES = {
+  mode: "decoding", n: "options", temperature: "temperature", top_k: "top-k", top_p: "top-p", length: "length",
+  stop_at: "stop at", beams: "beams", no_repeat_ngram: "no repeat",
+};
+
+// `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save(),
+// exampleLoaded({ textBefore, textAfter, settingsBefore, settingsAfter }).
 export function wireDocumentMenus(parts) {
   const { settings, statusBar, provenance } = parts;
   const examples = new Menu($("examplesMenu"));
@@ -11,10 +18,16 @@ export function wireDocumentMenus(parts) {
 
   for (const button of document.querySelectorAll(SELECTORS.examples)) {
     button.addEventListener("click", () => {
+      const textBefore = parts.documentText();
+      const settingsBefore = settings.snapshot();
       parts.replaceDocument(button.dataset.text);
-      settings.apply(JSON.parse(button.dataset.settings));
+      const chosen = JSON.parse(button.dataset.settings);
+      settings.apply(chosen);
       examples.close(false); // the focus is in the editor, with the example's text
-      statusBar.note(`Example loaded. ${button.dataset.note}`);
+      const named = Object.entries(chosen).map(([name, value]) => `${SETTING_NAMES[name] ?? name} ${value}`).join(", ");
+      statusBar.note(`Example loaded, with its settings (${named}); Ctrl+Z brings back your text and settings. `
+        + button.dataset.note, { label: "Restore my settings", action: () => parts.restoreSettings(settingsBefore) });
+      parts.exampleLoaded({ textBefore, textAfter: parts.documentText(), settingsBefore, settingsAfter: settings.snapshot() });
     });
   }
 

@@ -27,6 +27,7 @@ export const SELECTORS = {
   statusPerplexity: "#status .status-perplexity",
   statusWarning: "#status .status-warning",
   statusMessage: "#status .status-message",
+  statusAction: "#status .status-action",
   announcer: "#announcer",
   presets: "#settings [data-preset]",
   compareModel: "#compare-model",

@@ -95,6 +95,11 @@ export class SettingsPanel {
     this.changed(this.inputs[0]);
   }
 
+  // Every setting as it stands (as the inputs hold them), to put back later with apply().
+  snapshot() {
+    return Object.fromEntries(this.inputs.map((input) => [input.name, input.value]));
+  }
+
   // The served models, for the model and compare choices (one still loading cannot be chosen yet).
   showModels(models) {
     const select = this.inputs.find((input) => input.name === "model");

@@ -44,6 +44,7 @@ export class StatusBar {
   message(text) {
     this.el.message.classList.remove("note");
     this.el.message.textContent = text;
+    this.offer(null);
   }
 
   // One sentence for screen readers (a polite live region): emptied first, so that the same news is read again.
@@ -54,9 +55,20 @@ export class StatusBar {
     this.announcing = setTimeout(() => { announcer.textContent = text; }, ANNOUNCE_DELAY_MS);
   }
 
-  // Like message, but news rather than a problem.
-  note(text) {
+  // Like message, but news rather than a problem; `offer` ({label, action}) adds a button that acts on it.
+  note(text, offer = null) {
     this.el.message.classList.add("note");
     this.el.message.textContent = text;
+    this.offer(offer);
+  }
+
+  offer(offer) {
+    const button = this.el.action;
+    button.hidden = !offer;
+    button.textContent = offer?.label ?? "";
+    button.onclick = offer && (() => {
+      this.offer(null);
+      offer.action();
+    });
   }
 }

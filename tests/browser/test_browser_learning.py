@@ -68,3 +68,36 @@ def test_the_surprise_view_of_a_long_document_opens_where_the_scoring_starts_and
     page.keyboard.press("Escape")
     page.locator("#lens").wait_for(state="hidden")
     assert page.evaluate("() => document.activeElement.id") == "editor"
+
+
+def current(page, *names):
+    return [page.locator(f"#setting-{name}").input_value() for name in names]
+
+
+def test_undoing_an_example_brings_back_the_settings_too_and_they_can_be_restored_alone(page):
+    set_settings(page, {"mode": "sample", "temperature": "0.7", "length": "10", "stop_at": "sentence"})
+    mine = current(page, "mode", "temperature", "length", "stop_at")
+    editor = write(page, "My own draft.")
+    page.get_by_role("button", name="Examples").click()
+    page.get_by_role("menuitem", name="Few-shot sentiment classification").click()
+    assert current(page, "mode", "length", "stop_at") == ["greedy", "2", "length"]
+    message = page.locator("#status .status-message").inner_text()
+    assert "greedy" in message and "length 2" in message and "Ctrl+Z" in message
+    editor.press("Control+z")
+    assert editor.input_value() == "My own draft."
+    assert current(page, "mode", "temperature", "length", "stop_at") == mine, "Ctrl+Z undoes the settings too"
+    editor.press("Control+Shift+z")
+    assert editor.input_value().endswith("Sentiment:")
+    assert current(page, "mode", "length") == ["greedy", "2"], "and redo does them again"
+    editor.press("Control+z")
+
+    page.get_by_role("button", name="Examples").click()
+    page.get_by_role("menuitem", name="English → French translation").click()
+    assert current(page, "mode", "length") == ["greedy", "4"]
+    page.get_by_role("button", name="Restore my settings").click()
+    assert current(page, "mode", "temperature", "length", "stop_at") == mine
+    assert editor.input_value().endswith("cheese =>"), "the example's text stays"
+    assert page.get_by_role("button", name="Restore my settings").is_hidden()
+    page.reload()
+    page.locator("#status .status-connection[data-state=connected]").wait_for()
+    assert current(page, "mode", "temperature", "length", "stop_at") == mine, "and stay after a reload"
