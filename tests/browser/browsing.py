@@ -80,3 +80,24 @@ def axe_violations(page):
         page.evaluate(AXE_SOURCE.read_text())
     return page.evaluate("""async () => (await axe.run(document)).violations.map(v => ({
         id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))""")
+
+
+ADMIN_TOKEN = "teacher-token-for-browser-tests"
+
+
+@pytest.fixture(scope="module")
+def admin_server(embedded):
+    """The embedded model with a known admin token, so that a test can open the dashboard too."""
+    from conftest import RunningServer
+
+    server = RunningServer("embedded", args=["--admin-token", ADMIN_TOKEN]).wait_ready()
+    yield server
+    server.stop()
+
+
+def sign_in_as_teacher(page, url):
+    """Open the dashboard of the server at `url` on `page` and wait for its first figures."""
+    page.goto(url.rstrip("/") + "/admin")
+    page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("body[data-loaded=true]").wait_for()

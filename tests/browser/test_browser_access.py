@@ -2,21 +2,13 @@
 import json
 
 import pytest
-from browsing import axe_violations, open_page, set_settings, wait_until_done, write
-from conftest import ARTIFACTS, RunningServer
+from browsing import admin_server as server  # noqa: F401 (a fixture)
+from browsing import axe_violations, open_page, set_settings, sign_in_as_teacher, wait_until_done, write
+from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
-ADMIN = "teacher-token-for-accessibility-tests"
 GREEDY = {"temperature": "0", "stop_at": "length", "length": "6"}
-
-
-@pytest.fixture(scope="module")
-def server(embedded):
-    """The embedded model with a known admin token, so that the dashboard can be checked too."""
-    server = RunningServer("embedded", args=["--admin-token", ADMIN]).wait_ready()
-    yield server
-    server.stop()
 
 
 def options_open(page):
@@ -43,10 +35,7 @@ def menu_open(page):
 
 
 def dashboard(page):
-    page.goto(page.url.rstrip("/") + "/admin")
-    page.get_by_label("Admin token").fill(ADMIN)
-    page.get_by_role("button", name="Sign in").click()
-    page.locator("body[data-loaded=true]").wait_for()
+    sign_in_as_teacher(page, page.url)
 
 
 STATES = [options_open, settings_open, surprise_view, menu_open, dashboard]
