@@ -7,7 +7,7 @@ import { wireDocumentMenus } from "./documentmenus.js";
 import { LearningLens } from "./learning.js";
 import { Lens } from "./lens.js";
 import { Popover } from "./menus.js";
-import { Column, OptionSet } from "./optionsets.js";
+import { Column, OptionSet, nextWord } from "./optionsets.js";
 import { SuggestionsPopup } from "./popup.js";
 import { Provenance } from "./provenance.js";
 import { Publisher } from "./publish.js";
@@ -51,7 +51,10 @@ const popup = new SuggestionsPopup(
     onPick: (i) => accept(i),
     onPrev: () => showSet(current - 1),
     onNext: () => showSet(current + 1),
-    onSelect: (id) => editor.textarea.setAttribute("aria-activedescendant", id),
+    onSelect: (id) => {
+      editor.textarea.setAttribute("aria-activedescendant", id);
+      showGhost();
+    },
   },
 );
 
@@ -111,7 +114,15 @@ function modelsToAsk() {
   return other && other !== chosen ? [chosen, other] : [chosen];
 }
 
+const EMPTY_HINT = "Nothing before the caret yet: write a few words (or pick one of the Examples), "
+  + "and the model goes on from there.";
+
 function requestSuggestions() {
+  if (!editor.textBeforeCaret().trim()) { // from nothing a model writes anything at all
+    statusBar.note(EMPTY_HINT);
+    statusBar.announce(EMPTY_HINT);
+    return;
+  }
   cancelActive();
   const values = settings.values();
   const columns = modelsToAsk().map((model) => {
@@ -200,7 +211,10 @@ function onDelta({ id, deltas }) {
   column.addDeltas(deltas);
   if (waiting && column.firstMs !== null && column === set.columns[0]) statusBar.timing(column.firstMs);
   if (column.requestId === id) extendIfWanted(column);
-  if (sets[current] === set) popup.updateColumn(set, column, modelSizes);
+  if (sets[current] === set) {
+    popup.updateColumn(set, column, modelSizes);
+    showGhost();
+  }
 }
 
 function onDone(payload) {
@@ -255,7 +269,35 @@ function closePopup() {
   sets = [];
   current = -1;
   editor.textarea.removeAttribute("aria-activedescendant");
+  editor.hideGhost();
   showActions(false);
+}
+
+// The highlighted option's text still to come, as ghost text at the caret.
+function showGhost() {
+  const set = sets[current];
+  const chosen = popup.isOpen && set ? set.option(popup.selectedIndex) : null;
+  editor.showGhost(chosen ? set.rest(chosen.text) : "");
+}
+
+// Ctrl+→: the next word of the highlighted option goes into the text; the options that go on from it stay.
+let takingWord = false;
+
+function acceptWord() {
+  const set = sets[current];
+  const chosen = set?.option(popup.selectedIndex);
+  const word = chosen ? nextWord(set.rest(chosen.text) ?? "") : "";
+  if (!word) return;
+  sets = [set]; // older sets were offered before this word was in the text
+  current = 0;
+  set.taken += word;
+  const start = editor.textarea.selectionStart;
+  takingWord = true;
+  editor.insertAtCaret(word);
+  takingWord = false;
+  provenance.markModel(start, start + word.length, chosen.column.model);
+  saveDocument();
+  openPopup(); // under the caret, which has moved
 }
 
 // ---- buttons for what Tab and Shift+Tab do: phones have no Tab key --------------------------
@@ -288,12 +330,14 @@ function showSet(index) {
 }
 
 function accept(i) {
-  const chosen = sets[current]?.option(i);
+  const set = sets[current];
+  const chosen = set?.option(i);
+  const text = chosen ? set.rest(chosen.text) : null;
   closePopup();
-  if (chosen?.text) {
+  if (text) {
     const start = editor.textarea.selectionStart;
-    editor.insertAtCaret(chosen.text); // its input event has moved the spans; now this text is the model's
-    provenance.markModel(start, start + chosen.text.length, chosen.column.model);
+    editor.insertAtCaret(text); // its input event has moved the spans; now this text is the model's
+    provenance.markModel(start, start + text.length, chosen.column.model);
   }
   saveDocument();
 }
@@ -321,6 +365,14 @@ editor.textarea.addEventListener("keydown", (event) => {
     return;
   }
   if (!popup.isOpen) return;
+  const word = event.key === "ArrowRight" && (event.ctrlKey || event.metaKey) && !event.shiftKey;
+  const other = event.altKey && { BracketRight: 1, BracketLeft: -1 }[event.code]; // Alt+] and Alt+[
+  if (word || other) {
+    event.preventDefault();
+    if (word) acceptWord();
+    else popup.move(other);
+    return;
+  }
   const actions = {
     ArrowDown: () => popup.move(1),
     ArrowUp: () => popup.move(-1),
@@ -362,7 +414,7 @@ function saveDocument() {
 editor.textarea.addEventListener("input", (event) => {
   followExample(event.inputType);
   provenance.update(editor.text);
-  if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
+  if (popup.isOpen && !takingWord) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
   schedulePrime();

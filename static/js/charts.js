@@ -14,8 +14,9 @@ export function drawLines(canvas, series) {
   const x = (i, count) => PAD.left + (count <= 1 ? 0 : (i * plotW) / (count - 1));
   const y = (v) => PAD.top + plotH - (v / top) * plotH;
 
-  ctx.strokeStyle = "#e2dfd6";
-  ctx.fillStyle = "#5d6778";
+  const theme = getComputedStyle(canvas); // the page's colours, light or dark
+  ctx.strokeStyle = theme.getPropertyValue("--line").trim() || "#e2dfd6";
+  ctx.fillStyle = theme.getPropertyValue("--muted").trim() || "#5d6778";
   ctx.font = "10px system-ui, sans-serif";
   ctx.lineWidth = 1;
   for (const v of [0, top / 2, top]) {

@@ -113,7 +113,7 @@ export class SuggestionsPopup {
   // Show a column's latest text, notes and figures.
   updateColumn(set, column, sizes = {}) {
     const first = set.firstIndexOf(column);
-    column.options.forEach((text, k) => this.updateOption(first + k, text, column, k));
+    column.options.forEach((text, k) => this.updateOption(first + k, set.rest(text), column, k));
     const group = this.items[first]?.closest(".column");
     if (group) {
       const description = describeColumn(column, sizes[column.model]);
@@ -140,10 +140,13 @@ export class SuggestionsPopup {
     return item;
   }
 
-  // Model text only ever enters the page through textContent; line breaks are shown as ↵.
+  // Model text only ever enters the page through textContent; line breaks are shown as ↵. `text` is what
+  // is left of the option after the words already taken from the set (null: it does not go on from them).
   updateOption(i, text, column, k) {
     const item = this.items[i];
     if (!item) return;
+    item.hidden = text === null;
+    if (text === null) return;
     const { streaming } = column;
     const likelihood = column.likelihood?.[k];
     item.querySelector(".option-text").textContent = text.replace(/\n/g, "\u21b5\n");
@@ -162,16 +165,19 @@ export class SuggestionsPopup {
       : "";
   }
 
-  select(i) {
+  select(i, step = 1) {
     if (!this.items.length) return;
-    this.selectedIndex = (i + this.items.length) % this.items.length;
+    const count = this.items.length;
+    let at = (i + count) % count;
+    for (let tries = 0; this.items[at].hidden && tries < count; tries += 1) at = (at + step + count) % count;
+    this.selectedIndex = at;
     this.items.forEach((item, k) => item.setAttribute("aria-selected", String(k === this.selectedIndex)));
     this.items[this.selectedIndex].scrollIntoView({ block: "nearest" });
     this.callbacks.onSelect?.(this.items[this.selectedIndex].id);
   }
 
   move(step) {
-    this.select(this.selectedIndex + step);
+    this.select(this.selectedIndex + step, step);
   }
 
   showError(message) {

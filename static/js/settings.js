@@ -111,7 +111,8 @@ export class SettingsPanel {
     const other = compare.value;
     compare.replaceChildren(new Option("off: one model", ""), ...models.map((model) => modelOption(model)));
     compare.value = usable.includes(other) ? other : "";
-    compare.closest(".setting").hidden = models.length < 2;
+    compare.disabled = models.length < 2; // and a note says how to serve a second model
+    compare.closest(".setting").querySelector(".compare-note").hidden = models.length >= 2;
   }
 
   // Settings the chosen decoding mode does not use are dimmed and say so (greedy and beam search ignore

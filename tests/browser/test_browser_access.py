@@ -41,13 +41,14 @@ def dashboard(page):
 STATES = [options_open, settings_open, surprise_view, menu_open, dashboard]
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("state", STATES, ids=lambda state: state.__name__)
-def test_axe_finds_nothing_critical_or_serious(browser, server, state):
-    page = open_page(browser, server.url)
+def test_axe_finds_nothing_critical_or_serious(browser, server, state, scheme):
+    page = open_page(browser, server.url, color_scheme=scheme)
     state(page)
     violations = axe_violations(page)
     (ARTIFACTS / "axe").mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "axe" / f"{state.__name__}.json").write_text(json.dumps(violations, indent=1))
+    (ARTIFACTS / "axe" / f"{state.__name__}-{scheme}.json").write_text(json.dumps(violations, indent=1))
     assert page.errors == []
     page.context.close()
     grave = [v for v in violations if v["impact"] in ("critical", "serious")]

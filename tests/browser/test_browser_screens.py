@@ -131,3 +131,24 @@ def test_suggest_is_reachable_from_the_keyboard_on_a_wide_screen(page):
     page.keyboard.press("Enter")
     page.get_by_role("listbox", name="Suggestions").wait_for()
     assert page.evaluate("() => document.activeElement.id") == "editor", "back in the editor, where ↑ ↓ Enter choose"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [390, 800, 1280])
+def test_screenshots_light_and_dark(browser, embedded_server, width, scheme):
+    """The editor with options open at a phone's, a tablet's and a laptop's width (copied to docs/screens/)."""
+    small = width < 800
+    page = open_page(browser, embedded_server.url, viewport={"width": width, "height": 844 if small else 800},
+                     color_scheme=scheme, has_touch=small, is_mobile=small)
+    paper = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert (paper == "rgb(21, 24, 30)") == (scheme == "dark"), paper
+    set_settings(page, {"seed": "3", "length": "10", "stop_at": "sentence"})
+    editor = page.get_by_role("textbox", name="Document")
+    editor.fill("Dear students,\n\nToday we will learn how a language model writes. It reads the text so far and")
+    editor.press("End")
+    editor.press("Tab")
+    wait_until_done(page)
+    (ARTIFACTS / "screens").mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "screens" / f"editor-{width}-{scheme}.png"))
+    assert page.errors == []
+    page.context.close()
