@@ -260,7 +260,7 @@ function openPopup() {
   renderCurrent();
   const wrap = $("editorWrap");
   popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
-  showActions(true);
+  enableActions(true);
 }
 
 function closePopup() {
@@ -270,7 +270,7 @@ function closePopup() {
   current = -1;
   editor.textarea.removeAttribute("aria-activedescendant");
   editor.hideGhost();
-  showActions(false);
+  enableActions(false);
 }
 
 // The highlighted option's text still to come, as ghost text at the caret.
@@ -302,7 +302,7 @@ function acceptWord() {
 
 // ---- buttons for what Tab and Shift+Tab do: phones have no Tab key --------------------------
 
-function showActions(optionsOpen) {
+function enableActions(optionsOpen) {
   $("actionLonger").disabled = !optionsOpen;
   $("actionNew").disabled = !optionsOpen;
 }
@@ -411,8 +411,7 @@ function saveDocument() {
   provenance.update(editor.text);
   storage.saveDocument(editor.text, editor.caret, provenance.spans);
 }
-editor.textarea.addEventListener("input", (event) => {
-  followExample(event.inputType);
+editor.textarea.addEventListener("input", () => {
   provenance.update(editor.text);
   if (popup.isOpen && !takingWord) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
@@ -455,24 +454,9 @@ function replaceDocument(text) {
   saveDocument();
 }
 
-// The last example loaded: undoing it (Ctrl+Z) puts the writer's settings back with the text, redoing it
-// the example's; "Restore my settings" puts them back and keeps the example's text.
-let example = null;
-
-function followExample(inputType) {
-  if (!example) return;
-  if (inputType === "historyUndo" && editor.text === example.textBefore) restoreSettings(example.settingsBefore);
-  else if (inputType === "historyRedo" && editor.text === example.textAfter) settings.apply(example.settingsAfter);
-}
-
-function restoreSettings(values) {
-  settings.apply(values);
-  statusBar.note("Your settings are back.");
-}
-
 wireDocumentMenus({
-  settings, statusBar, provenance, currentModel, documentText: () => editor.text, replaceDocument, save: saveDocument,
-  restoreSettings, exampleLoaded: (loaded) => { example = loaded; },
+  settings, statusBar, provenance, currentModel, textarea: editor.textarea, documentText: () => editor.text,
+  replaceDocument, save: saveDocument,
 });
 
 window.addEventListener("pagehide", saveDocument);

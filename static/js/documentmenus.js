@@ -9,12 +9,25 @@ const SETTING_NAMES = {
   stop_at: "stop at", beams: "beams", no_repeat_ngram: "no repeat",
 };
 
-// `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save(),
-// exampleLoaded({ textBefore, textAfter, settingsBefore, settingsAfter }).
+// `parts`: settings, statusBar, provenance, currentModel(), textarea, documentText(), replaceDocument(text), save().
 export function wireDocumentMenus(parts) {
   const { settings, statusBar, provenance } = parts;
   const examples = new Menu($("examplesMenu"));
   const file = new Menu($("fileMenu"));
+
+  // The last example loaded: undoing it (Ctrl+Z) puts the writer's settings back with the text, redoing it
+  // the example's; "Restore my settings" puts them back and keeps the example's text.
+  let example = null;
+  const restoreSettings = (values) => {
+    settings.apply(values);
+    statusBar.note("Your settings are back.");
+  };
+  parts.textarea.addEventListener("input", ({ inputType }) => {
+    if (!example) return;
+    const text = parts.documentText();
+    if (inputType === "historyUndo" && text === example.textBefore) restoreSettings(example.settingsBefore);
+    else if (inputType === "historyRedo" && text === example.textAfter) settings.apply(example.settingsAfter);
+  });
 
   for (const button of document.querySelectorAll(SELECTORS.examples)) {
     button.addEventListener("click", () => {
@@ -26,8 +39,8 @@ export function wireDocumentMenus(parts) {
       examples.close(false); // the focus is in the editor, with the example's text
       const named = Object.entries(chosen).map(([name, value]) => `${SETTING_NAMES[name] ?? name} ${value}`).join(", ");
       statusBar.note(`Example loaded, with its settings (${named}); Ctrl+Z brings back your text and settings. `
-        + button.dataset.note, { label: "Restore my settings", action: () => parts.restoreSettings(settingsBefore) });
-      parts.exampleLoaded({ textBefore, textAfter: parts.documentText(), settingsBefore, settingsAfter: settings.snapshot() });
+        + button.dataset.note, { label: "Restore my settings", action: () => restoreSettings(settingsBefore) });
+      example = { textBefore, textAfter: parts.documentText(), settingsBefore, settingsAfter: settings.snapshot() };
     });
   }
 
