@@ -35,14 +35,26 @@ function render(state) {
   figure("memory").textContent = `${memory.rss_mb} MB` + (memory.gpu_mb !== undefined ? ` · GPU ${memory.gpu_mb} MB` : "");
 
   const h = state.history;
-  drawLines(document.getElementById("chart-requests"), [h.map((p) => p.requests_per_minute)]);
-  drawLines(document.getElementById("chart-wait"), [h.map((p) => p.first_delta_p50), h.map((p) => p.first_delta_p95)]);
-  drawLines(document.getElementById("chart-tokens"), [h.map((p) => p.tokens_per_second)]);
-  drawLines(document.getElementById("chart-load"), [h.map((p) => p.connected), h.map((p) => p.queue)]);
+  chart("chart-requests", "Requests per minute", { "": h.map((p) => p.requests_per_minute) });
+  chart("chart-wait", "Time to first words", { "p50 ms": h.map((p) => p.first_delta_p50),
+    "p95 ms": h.map((p) => p.first_delta_p95) });
+  chart("chart-tokens", "Tokens per second", { "": h.map((p) => p.tokens_per_second) });
+  chart("chart-load", "Load", { "students connected": h.map((p) => p.connected), queue: h.map((p) => p.queue) });
 
   renderStudents(state.students);
   renderDocuments(state.documents);
   if (!policyShown) { showPolicy(state.policy); policyShown = true; }
+}
+
+// Draw a chart; its name (role=img) says the latest figures, for those who do not see the lines.
+function chart(id, title, series) {
+  const canvas = document.getElementById(id);
+  drawLines(canvas, Object.values(series));
+  const latest = Object.entries(series).map(([name, points]) => {
+    const value = points.filter((v) => v !== null && v !== undefined).at(-1);
+    return `${value === undefined ? "none yet" : Math.round(value * 10) / 10} ${name}`.trim();
+  });
+  canvas.setAttribute("aria-label", `${title}, last ten minutes; latest: ${latest.join(", ")}`);
 }
 
 function cell(row, text) {

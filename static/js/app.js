@@ -6,7 +6,8 @@ import { Editor } from "./editor.js";
 import { wireDocumentMenus } from "./documentmenus.js";
 import { LearningLens } from "./learning.js";
 import { Lens } from "./lens.js";
-import { Column, OptionSet } from "./optionsets.js";
+import { Popover } from "./menus.js";
+import { Column, OptionSet, nextWord } from "./optionsets.js";
 import { SuggestionsPopup } from "./popup.js";
 import { Provenance } from "./provenance.js";
 import { Publisher } from "./publish.js";
@@ -22,10 +23,11 @@ const editor = new Editor($("editor"));
 const statusBar = new StatusBar({
   root: $("status"), connection: $("statusConnection"), model: $("statusModel"), device: $("statusDevice"),
   loading: $("statusLoading"), timing: $("statusTiming"), perplexity: $("statusPerplexity"), warning: $("statusWarning"), message: $("statusMessage"),
+  announcer: $("announcer"), action: $("statusAction"),
 });
 const settings = new SettingsPanel({
   panel: $("settingsPanel"), inputs: document.querySelectorAll("#settings [name]"),
-  toggle: $("settingsToggle"), reset: $("settingsReset"),
+  toggle: $("settingsToggle"), reset: $("settingsReset"), close: $("settingsClose"),
   presets: document.querySelectorAll(SELECTORS.presets), presetNote: $("presetNote"), compare: $("compareModel"),
   onChange: () => { // the chart follows every slider; the perplexity follows the chosen model
     learning?.requestDistribution();
@@ -34,7 +36,7 @@ const settings = new SettingsPanel({
 });
 const lens = new Lens(
   { lens: $("lens"), title: $("lensTitle"), legend: $("lensLegend"), text: $("lensText"), tip: $("lensTip"),
-    close: $("lensClose") },
+    close: $("lensClose"), note: $("lensNote") },
   { onClose: () => learning.setView("write") },
 );
 const distribution = new DistributionPanel(
@@ -49,7 +51,10 @@ const popup = new SuggestionsPopup(
     onPick: (i) => accept(i),
     onPrev: () => showSet(current - 1),
     onNext: () => showSet(current + 1),
-    onSelect: (id) => editor.textarea.setAttribute("aria-activedescendant", id),
+    onSelect: (id) => {
+      editor.textarea.setAttribute("aria-activedescendant", id);
+      showGhost();
+    },
   },
 );
 
@@ -109,7 +114,15 @@ function modelsToAsk() {
   return other && other !== chosen ? [chosen, other] : [chosen];
 }
 
+const EMPTY_HINT = "Nothing before the caret yet: write a few words (or pick one of the Examples), "
+  + "and the model goes on from there.";
+
 function requestSuggestions() {
+  if (!editor.textBeforeCaret().trim()) { // from nothing a model writes anything at all
+    statusBar.note(EMPTY_HINT);
+    statusBar.announce(EMPTY_HINT);
+    return;
+  }
   cancelActive();
   const values = settings.values();
   const columns = modelsToAsk().map((model) => {
@@ -123,20 +136,42 @@ function requestSuggestions() {
   openPopup();
 }
 
+// Tab again: every column of the shown set writes on. A column whose request the server may not have
+// started yet (no words, no `done`) would be refused as an unknown set: it waits for its first words.
 function extendSet() {
   const set = sets[current];
-  // an extend keeps the set's size, decoding mode, model and random stream
-  const { n, seed, mode, model, ...overrides } = settings.values();
   for (const column of set.columns) {
-    const parent = column.requestId;
-    const id = connection.nextId();
-    column.continueWith(id);
-    connection.send("extend", { id, parent, settings: { ...overrides, model: column.model } });
+    if (column.waitingForServer) column.longerWanted += 1;
+    else extendColumn(column);
   }
   active = set;
   popup.hideError();
   renderCurrent();
 }
+
+function extendColumn(column) {
+  // an extend keeps the set's size, decoding mode, model and random stream
+  const { n, seed, mode, model, ...overrides } = settings.values();
+  const parent = column.requestId;
+  const id = connection.nextId();
+  column.continueWith(id);
+  connection.send("extend", { id, parent, settings: { ...overrides, model: column.model } });
+}
+
+// A Tab again that waited for this column's set: the set exists now.
+function extendIfWanted(column) {
+  if (!column.longerWanted || column.waitingForServer) return;
+  column.longerWanted -= 1;
+  extendColumn(column);
+}
+
+// While a request waits for its first words, its options count the seconds.
+const WAITING_TICK_MS = 1000;
+setInterval(() => {
+  const set = sets[current];
+  if (!set || !popup.isOpen) return;
+  for (const column of set.columns) if (column.waitingForServer) popup.updateColumn(set, column, modelSizes);
+}, WAITING_TICK_MS);
 
 function cancelActive() {
   if (!active) return;
@@ -148,7 +183,10 @@ function cancelActive() {
 }
 
 function stopStreaming(set) {
-  for (const column of set.columns) column.streaming = false;
+  for (const column of set.columns) {
+    column.streaming = false;
+    column.longerWanted = 0;
+  }
   if (sets[current] === set) renderCurrent();
 }
 
@@ -172,25 +210,43 @@ function onDelta({ id, deltas }) {
   const waiting = column.firstMs === null;
   column.addDeltas(deltas);
   if (waiting && column.firstMs !== null && column === set.columns[0]) statusBar.timing(column.firstMs);
-  if (sets[current] === set) popup.updateColumn(set, column, modelSizes);
+  if (column.requestId === id) extendIfWanted(column);
+  if (sets[current] === set) {
+    popup.updateColumn(set, column, modelSizes);
+    showGhost();
+  }
 }
 
 function onDone(payload) {
   const { set, column } = findColumn(payload.id);
   if (!set) return;
   column.finishWith(payload.id, payload);
-  if (active === set && !set.streaming) active = null;
+  if (column.requestId === payload.id) extendIfWanted(column);
+  if (active === set && !set.streaming) {
+    active = null;
+    if (sets[current] === set) announceSet(set);
+  }
   if (sets[current] === set) renderCurrent();
 }
 
+// A screen reader hears one sentence when a set is ready, never the words as they stream in.
+function announceSet(set) {
+  const count = set.columns.reduce((sum, column) => sum + column.options.filter(Boolean).length, 0);
+  const which = sets.length > 1 ? `Set ${current + 1} of ${sets.length}: ` : "";
+  statusBar.announce(count ? `${which}${count} suggestion${count === 1 ? "" : "s"} ready` : "No suggestions");
+}
+
 const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
+// the server's message names the set by its id, which means nothing to a writer
+const ERROR_TEXTS = { unknown_parent: "The server no longer has these options: press Shift+Tab for new ones." };
 
 function onError({ id, code, message }) {
-  const text = ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message;
+  const text = ERROR_TEXTS[code] ?? (ERROR_PREFIXES[code] ? `${ERROR_PREFIXES[code]}: ${message}` : message);
   statusBar.message(text);
   const { set, column } = findColumn(id);
   if (!set || column.requestId !== id || !column.streaming) return;
   column.streaming = false;
+  column.longerWanted = 0;
   if (active === set && !set.streaming) active = null;
   if (sets[current] === set) {
     renderCurrent();
@@ -204,7 +260,7 @@ function openPopup() {
   renderCurrent();
   const wrap = $("editorWrap");
   popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
-  editor.textarea.setAttribute("aria-expanded", "true");
+  enableActions(true);
 }
 
 function closePopup() {
@@ -212,31 +268,93 @@ function closePopup() {
   popup.close();
   sets = [];
   current = -1;
-  editor.textarea.setAttribute("aria-expanded", "false");
   editor.textarea.removeAttribute("aria-activedescendant");
+  editor.hideGhost();
+  enableActions(false);
 }
+
+// The highlighted option's text still to come, as ghost text at the caret.
+function showGhost() {
+  const set = sets[current];
+  const chosen = popup.isOpen && set ? set.option(popup.selectedIndex) : null;
+  editor.showGhost(chosen ? set.rest(chosen.text) : "");
+}
+
+// Ctrl+→: the next word of the highlighted option goes into the text; the options that go on from it stay.
+let takingWord = false;
+
+function acceptWord() {
+  const set = sets[current];
+  const chosen = set?.option(popup.selectedIndex);
+  const word = chosen ? nextWord(set.rest(chosen.text) ?? "") : "";
+  if (!word) return;
+  sets = [set]; // older sets were offered before this word was in the text
+  current = 0;
+  set.taken += word;
+  const start = editor.textarea.selectionStart;
+  takingWord = true;
+  editor.insertAtCaret(word);
+  takingWord = false;
+  provenance.markModel(start, start + word.length, chosen.column.model);
+  saveDocument();
+  openPopup(); // under the caret, which has moved
+}
+
+// ---- buttons for what Tab and Shift+Tab do: phones have no Tab key --------------------------
+
+function enableActions(optionsOpen) {
+  $("actionLonger").disabled = !optionsOpen;
+  $("actionNew").disabled = !optionsOpen;
+}
+
+function wireAction(button, action) {
+  button.addEventListener("mousedown", (event) => event.preventDefault()); // the caret (and a phone's keyboard) stay
+  button.addEventListener("click", (event) => {
+    action();
+    if (event.detail === 0) editor.focus(); // pressed from the keyboard: ↑ ↓ and Enter choose in the editor
+  });
+}
+
+wireAction($("actionSuggest"), () => {
+  if (popup.isOpen) closePopup();
+  requestSuggestions();
+});
+wireAction($("actionLonger"), () => extendSet());
+wireAction($("actionNew"), () => requestSuggestions());
 
 function showSet(index) {
   if (index < 0 || index >= sets.length) return;
   current = index;
   renderCurrent();
+  if (!sets[current].streaming) announceSet(sets[current]);
 }
 
 function accept(i) {
-  const chosen = sets[current]?.option(i);
+  const set = sets[current];
+  const chosen = set?.option(i);
+  const text = chosen ? set.rest(chosen.text) : null;
   closePopup();
-  if (chosen?.text) {
+  if (text) {
     const start = editor.textarea.selectionStart;
-    editor.insertAtCaret(chosen.text); // its input event has moved the spans; now this text is the model's
-    provenance.markModel(start, start + chosen.text.length, chosen.column.model);
+    editor.insertAtCaret(text); // its input event has moved the spans; now this text is the model's
+    provenance.markModel(start, start + text.length, chosen.column.model);
   }
   saveDocument();
 }
 
 // ---- keys and edits --------------------------------------------------------------------
 
+// With no options open, Esc then Tab (or Shift+Tab) leaves the editor for the next (or previous)
+// control, as in code editors: Tab itself writes with the model. Esc with options open only closes
+// them (Tab then asks again); any other key in between keeps Tab for the model.
+let leaving = false;
+
 editor.textarea.addEventListener("keydown", (event) => {
+  if (MODIFIER_KEYS.has(event.key)) return;
+  const wasLeaving = leaving;
+  leaving = event.key === "Escape" && !popup.isOpen;
   if (event.key === "Tab" && !event.ctrlKey && !event.altKey && !event.metaKey) {
+    if (wasLeaving) return; // the browser moves the focus on
     event.preventDefault(); // Tab writes with the model instead of leaving the editor
     if (event.shiftKey || !popup.isOpen) {
       if (!popup.isOpen) sets = [];
@@ -246,7 +364,15 @@ editor.textarea.addEventListener("keydown", (event) => {
     }
     return;
   }
-  if (!popup.isOpen || MODIFIER_KEYS.has(event.key)) return;
+  if (!popup.isOpen) return;
+  const word = event.key === "ArrowRight" && (event.ctrlKey || event.metaKey) && !event.shiftKey;
+  const other = event.altKey && { BracketRight: 1, BracketLeft: -1 }[event.code]; // Alt+] and Alt+[
+  if (word || other) {
+    event.preventDefault();
+    if (word) acceptWord();
+    else popup.move(other);
+    return;
+  }
   const actions = {
     ArrowDown: () => popup.move(1),
     ArrowUp: () => popup.move(-1),
@@ -264,8 +390,20 @@ editor.textarea.addEventListener("keydown", (event) => {
 });
 
 editor.textarea.addEventListener("mousedown", () => { if (popup.isOpen) closePopup(); });
+editor.textarea.addEventListener("blur", () => { leaving = false; });
 editor.textarea.addEventListener("scroll", () => { if (popup.isOpen) closePopup(); });
-window.addEventListener("resize", () => { if (popup.isOpen) closePopup(); });
+// A new width moves the text under the options; a phone's keyboard coming and going changes only the height.
+let width = window.innerWidth;
+window.addEventListener("resize", () => {
+  if (popup.isOpen && window.innerWidth !== width) closePopup();
+  width = window.innerWidth;
+});
+
+// On small screens the top bar's tools fold into a Menu button.
+const tools = new Popover($("toolsToggle"), $("tools"), (open) => $("tools").classList.toggle("open", open));
+for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
+  button.addEventListener("click", () => { if (tools.isOpen) tools.close(false); });
+}
 
 let saveTimer = null;
 function saveDocument() {
@@ -275,7 +413,7 @@ function saveDocument() {
 }
 editor.textarea.addEventListener("input", () => {
   provenance.update(editor.text);
-  if (popup.isOpen) closePopup(); // pasted or composed text: the options no longer fit
+  if (popup.isOpen && !takingWord) closePopup(); // pasted or composed text: the options no longer fit
   clearTimeout(saveTimer);
   saveTimer = setTimeout(saveDocument, SAVE_DELAY_MS);
   schedulePrime();
@@ -317,7 +455,8 @@ function replaceDocument(text) {
 }
 
 wireDocumentMenus({
-  settings, statusBar, provenance, currentModel, documentText: () => editor.text, replaceDocument, save: saveDocument,
+  settings, statusBar, provenance, currentModel, textarea: editor.textarea, documentText: () => editor.text,
+  replaceDocument, save: saveDocument,
 });
 
 window.addEventListener("pagehide", saveDocument);

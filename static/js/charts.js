@@ -1,6 +1,7 @@
 // Small line charts on a <canvas>: one or two series over the dashboard's last minutes.
 const COLOURS = ["#2f6fdb", "#c2571a"];
 const PAD = { left: 34, right: 6, top: 8, bottom: 14 };
+const DOT_RADIUS = 3;
 
 export function drawLines(canvas, series) {
   const ctx = canvas.getContext("2d");
@@ -13,8 +14,9 @@ export function drawLines(canvas, series) {
   const x = (i, count) => PAD.left + (count <= 1 ? 0 : (i * plotW) / (count - 1));
   const y = (v) => PAD.top + plotH - (v / top) * plotH;
 
-  ctx.strokeStyle = "#e2dfd6";
-  ctx.fillStyle = "#5d6778";
+  const theme = getComputedStyle(canvas); // the page's colours, light or dark
+  ctx.strokeStyle = theme.getPropertyValue("--line").trim() || "#e2dfd6";
+  ctx.fillStyle = theme.getPropertyValue("--muted").trim() || "#5d6778";
   ctx.font = "10px system-ui, sans-serif";
   ctx.lineWidth = 1;
   for (const v of [0, top / 2, top]) {
@@ -27,18 +29,26 @@ export function drawLines(canvas, series) {
   ctx.fillText("−10 min", PAD.left, height - 2);
   ctx.fillText("now", width - PAD.right - 18, height - 2);
 
+  const measured = (v) => v !== null && v !== undefined; // a gap: nothing measured then
   series.forEach((points, s) => {
-    ctx.strokeStyle = COLOURS[s % COLOURS.length];
+    ctx.strokeStyle = ctx.fillStyle = COLOURS[s % COLOURS.length];
     ctx.lineWidth = 2;
     ctx.beginPath();
     let drawing = false;
     points.forEach((v, i) => {
-      if (v === null || v === undefined) { drawing = false; return; } // a gap: nothing measured then
+      if (!measured(v)) { drawing = false; return; }
       if (drawing) ctx.lineTo(x(i, points.length), y(v));
       else ctx.moveTo(x(i, points.length), y(v));
       drawing = true;
     });
     ctx.stroke();
+    // a point alone between gaps has no line to be part of: a dot shows it
+    points.forEach((v, i) => {
+      if (!measured(v) || measured(points[i - 1]) || measured(points[i + 1])) return;
+      ctx.beginPath();
+      ctx.arc(x(i, points.length), y(v), DOT_RADIUS, 0, 2 * Math.PI);
+      ctx.fill();
+    });
   });
 }
 

@@ -37,9 +37,11 @@ export class DistributionPanel {
       const figures = document.createElement("span");
       figures.className = "figures";
       figures.textContent = token.kept ? `${pct(token.prob)} → ${pct(token.shaped)}` : `${pct(token.prob)} → cut`;
-      item.title = token.kept
+      item.title = (token.kept
         ? `The model gives "${token.text}" ${pct(token.prob)}; sampling with these settings picks it ${pct(token.shaped)} of the time.`
-        : `The model gives "${token.text}" ${pct(token.prob)}, but these settings never pick it.`;
+        : `The model gives "${token.text}" ${pct(token.prob)}, but these settings never pick it.`)
+        + (token.partial ? " It is part of a character (its UTF-8 bytes): the model writes that character in several tokens." : "");
+      if (token.partial) item.classList.add("partial");
       item.append(label, bars, figures);
       return item;
     }));

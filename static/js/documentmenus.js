@@ -1,17 +1,46 @@
 // The Examples and File menus: loading a lesson's prompt, exporting and importing the document.
 import { exportDocument, importDocument } from "./files.js";
+import { Menu } from "./menus.js";
 import { $, SELECTORS } from "./selectors.js";
 
-// `parts`: settings, statusBar, provenance, currentModel(), documentText(), replaceDocument(text), save().
+// How the status bar names the settings an example sets.
+const SETTING_NAMES = {
+  mode: "decoding", n: "options", temperature: "temperature", top_k: "top-k", top_p: "top-p", length: "length",
+  stop_at: "stop at", beams: "beams", no_repeat_ngram: "no repeat",
+};
+
+// `parts`: settings, statusBar, provenance, currentModel(), textarea, documentText(), replaceDocument(text), save().
 export function wireDocumentMenus(parts) {
   const { settings, statusBar, provenance } = parts;
+  const examples = new Menu($("examplesMenu"));
+  const file = new Menu($("fileMenu"));
+
+  // The last example loaded: undoing it (Ctrl+Z) puts the writer's settings back with the text, redoing it
+  // the example's; "Restore my settings" puts them back and keeps the example's text.
+  let example = null;
+  const restoreSettings = (values) => {
+    settings.apply(values);
+    statusBar.note("Your settings are back.");
+  };
+  parts.textarea.addEventListener("input", ({ inputType }) => {
+    if (!example) return;
+    const text = parts.documentText();
+    if (inputType === "historyUndo" && text === example.textBefore) restoreSettings(example.settingsBefore);
+    else if (inputType === "historyRedo" && text === example.textAfter) settings.apply(example.settingsAfter);
+  });
 
   for (const button of document.querySelectorAll(SELECTORS.examples)) {
     button.addEventListener("click", () => {
+      const textBefore = parts.documentText();
+      const settingsBefore = settings.snapshot();
       parts.replaceDocument(button.dataset.text);
-      settings.apply(JSON.parse(button.dataset.settings));
-      $("examplesMenu").open = false;
-      statusBar.note(`Example loaded. ${button.dataset.note}`);
+      const chosen = JSON.parse(button.dataset.settings);
+      settings.apply(chosen);
+      examples.close(false); // the focus is in the editor, with the example's text
+      const named = Object.entries(chosen).map(([name, value]) => `${SETTING_NAMES[name] ?? name} ${value}`).join(", ");
+      statusBar.note(`Example loaded, with its settings (${named}); Ctrl+Z brings back your text and settings. `
+        + button.dataset.note, { label: "Restore my settings", action: () => restoreSettings(settingsBefore) });
+      example = { textBefore, textAfter: parts.documentText(), settingsBefore, settingsAfter: settings.snapshot() };
     });
   }
 
@@ -27,14 +56,18 @@ export function wireDocumentMenus(parts) {
       link.download = `tabwrite-document.${kind}`;
       link.click();
       setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
-      $("fileMenu").open = false;
+      file.close();
     });
   }
+
+  $("importButton").addEventListener("click", () => {
+    file.close();
+    $("importFile").click();
+  });
 
   $("importFile").addEventListener("change", async (event) => {
     const [file] = event.target.files;
     event.target.value = ""; // the same file can be chosen again
-    $("fileMenu").open = false;
     if (!file) return;
     try {
       const doc = importDocument(file.name, await file.text());

@@ -10,6 +10,7 @@ const MIRRORED_STYLES = [
 export class Editor {
   constructor(textarea) {
     this.textarea = textarea;
+    this.ghost = null; // the highlighted option, shown at the caret (see showGhost)
   }
 
   get text() {
@@ -55,15 +56,52 @@ export class Editor {
     }
   }
 
-  // Pixel position of the caret inside the editor's wrapper, measured with a hidden mirror.
-  caretPosition() {
+  // A copy of the text's layout: the same font, padding and width, so that text wraps as it does in the editor.
+  mirror() {
     const style = getComputedStyle(this.textarea);
     const mirror = document.createElement("div");
-    for (const name of MIRRORED_STYLES) mirror.style[name] = style[name];
+    for (const name of MIRRORED_STYLES) mirror.style[name] = style[name]; // CSSOM, allowed by the page's CSP
+    Object.assign(mirror.style, { position: "absolute", whiteSpace: "pre-wrap", overflowWrap: "break-word", overflow: "hidden" });
+    return { mirror, style };
+  }
+
+  // The highlighted option as ghost text after the caret, as code editors and Smart Compose show theirs:
+  // only where nothing but spaces follows the caret, so that it never covers the writer's own text.
+  showGhost(text) {
+    const after = this.textarea.value.slice(this.textarea.selectionEnd);
+    if (!text || after.trim()) {
+      this.hideGhost();
+      return;
+    }
+    this.hideGhost();
+    const { mirror } = this.mirror();
+    mirror.className = "ghost";
+    mirror.setAttribute("aria-hidden", "true"); // the listbox says the same to screen readers
     Object.assign(mirror.style, {
-      position: "absolute", visibility: "hidden", whiteSpace: "pre-wrap", overflowWrap: "break-word",
-      top: "0", left: "0", overflow: "hidden", height: "auto",
+      top: `${this.textarea.offsetTop}px`, left: `${this.textarea.offsetLeft}px`, borderWidth: "0",
+      width: `${this.textarea.clientWidth}px`, height: `${this.textarea.clientHeight}px`,
     });
+    const before = document.createElement("span");
+    before.className = "ghost-before";
+    before.textContent = this.textarea.value.slice(0, this.textarea.selectionEnd);
+    const ghost = document.createElement("span");
+    ghost.className = "ghost-text";
+    ghost.textContent = text;
+    mirror.append(before, ghost);
+    this.textarea.parentElement.appendChild(mirror);
+    mirror.scrollTop = this.textarea.scrollTop;
+    this.ghost = mirror;
+  }
+
+  hideGhost() {
+    this.ghost?.remove();
+    this.ghost = null;
+  }
+
+  // Pixel position of the caret inside the editor's wrapper, measured with a hidden mirror.
+  caretPosition() {
+    const { mirror, style } = this.mirror();
+    Object.assign(mirror.style, { visibility: "hidden", top: "0", left: "0", height: "auto" });
     mirror.textContent = this.textarea.value.slice(0, this.textarea.selectionStart);
     const marker = document.createElement("span");
     marker.textContent = "\u200b";

@@ -1,5 +1,6 @@
 // The learning lens's requests and views: the document's score (perplexity, surprise view),
 // the next-token chart, and switching between writing and the read-only views.
+import { tokenCount } from "./lens.js";
 import { $, SELECTORS } from "./selectors.js";
 
 export class LearningLens {
@@ -37,7 +38,7 @@ export class LearningLens {
   }
 
   onScore(result) {
-    this.statusBar.perplexity(result.perplexity, result.tokens.length);
+    this.statusBar.perplexity(result.perplexity, tokenCount(result.tokens));
     if (!this.scoring || result.id !== this.scoring.id) return;
     this.scored = { ...this.scoring, result };
     if (this.view === "surprise") this.showSurprise();
@@ -76,6 +77,9 @@ export class LearningLens {
     for (const button of document.querySelectorAll(SELECTORS.viewButtons)) {
       button.setAttribute("aria-pressed", String(button.dataset.view === next));
     }
+    // the editor and its buttons under a read-only view are out of reach, for the keyboard too
+    this.editor.textarea.inert = next !== "write";
+    $("writeActions").inert = next !== "write";
     if (next === "write") {
       this.lens.close();
       this.editor.focus();
@@ -84,6 +88,6 @@ export class LearningLens {
     this.closePopup();
     if (next === "surprise") this.showSurprise();
     else this.lens.showProvenance(this.provenance.runs(), this.provenance.modelCharacters(), this.editor.text.length);
-    $("lensText").focus();
+    this.lens.focus();
   }
 }

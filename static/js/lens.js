@@ -29,8 +29,11 @@ export class Lens {
     this.legend = elements.legend;
     this.body = elements.text;
     this.tip = elements.tip;
+    this.note = elements.note;
     this.tokens = [];
+    this.spans = []; // the surprise view's token spans: one of them is the view's one Tab stop
     elements.close.addEventListener("click", () => callbacks.onClose());
+    this.body.addEventListener("keydown", (event) => this.onKey(event));
     this.el.addEventListener("keydown", (event) => {
       if (event.key === "Escape") { event.preventDefault(); callbacks.onClose(); }
     });
@@ -55,35 +58,69 @@ export class Lens {
 
   waiting(text) {
     this.open("Surprise: scoring…", []);
+    this.spans = [];
+    this.body.tabIndex = 0; // until the tokens come, the text itself is the view's Tab stop
     this.body.textContent = text;
+  }
+
+  // Into the view: the token that has the Tab stop (the first scored one at first), or the text.
+  focus() {
+    (this.spans.find((span) => span.tabIndex === 0) ?? this.body).focus();
+  }
+
+  // ← → (and ↑ ↓) move between the tokens, Home and End to the first and the last; Tab leaves the view.
+  onKey(event) {
+    const at = this.spans.indexOf(event.target);
+    if (at < 0) return;
+    const last = this.spans.length - 1;
+    const to = { ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1, ArrowUp: at - 1, Home: 0, End: last }[event.key];
+    if (to === undefined) return;
+    event.preventDefault();
+    this.moveTo(Math.max(0, Math.min(last, to)));
+  }
+
+  moveTo(index) {
+    this.spans.forEach((span, i) => { span.tabIndex = i === index ? 0 : -1; });
+    this.spans[index].focus();
   }
 
   // `text` is the whole document; `offset` is where the scored text began in it; `score` the server's answer.
   showSurprise(text, offset, score) {
     const legend = BUCKETS.map((bucket) => ({ className: `swatch ${bucket.name}`, text: bucket.label }));
     const figure = score.perplexity === null ? "" : ` · perplexity ${score.perplexity.toFixed(1)}`;
-    this.open(`Surprise: was each token among the model's likeliest guesses?${figure}`, legend);
-    this.tokens = score.tokens;
     let at = offset + score.scored_from;
+    if (at > 0) legend.push({ className: "swatch unscored", text: "not scored" });
+    this.open(`Surprise: was each token among the model's likeliest guesses?${figure}`, legend);
+    this.note.hidden = at === 0;
+    this.note.textContent = `The grey start is not scored: the model reads at most its last ${tokenCount(score.tokens)} `
+      + "tokens (its context window), so the view opens where that begins.";
+    this.tokens = score.tokens;
     const parts = [];
     if (at > 0) parts.push(plain(text.slice(0, at), "unscored", "Beyond the model's window: not scored"));
-    score.tokens.forEach((token, i) => {
+    this.spans = score.tokens.map((token, i) => {
       const end = offset + token.end;
       const span = document.createElement("span");
       span.className = `token ${bucketOf(token.rank)}`;
       span.dataset.token = String(i);
-      span.tabIndex = 0;
+      span.tabIndex = i === 0 ? 0 : -1;
       span.setAttribute("aria-describedby", "lens-tip");
       span.textContent = text.slice(at, end);
       parts.push(span);
       at = end;
+      return span;
     });
     if (at < text.length) parts.push(plain(text.slice(at), "unscored", "Not scored yet"));
+    const focused = this.el.contains(document.activeElement);
+    this.body.tabIndex = this.spans.length ? -1 : 0;
     this.body.replaceChildren(...parts);
+    this.spans[0]?.scrollIntoView({ block: "start" }); // where the scored part begins
+    if (focused) this.focus();
   }
 
   // `runs` from Provenance.runs(): the model's text is marked with who wrote it.
   showProvenance(runs, modelCharacters, totalCharacters) {
+    this.spans = [];
+    this.body.tabIndex = 0;
     const share = totalCharacters ? Math.round((100 * modelCharacters) / totalCharacters) : 0;
     this.open(`Model-written: ${modelCharacters} of ${totalCharacters} characters (${share} %)`,
       [{ className: "swatch model-written", text: "written by the model" }]);
@@ -101,6 +138,7 @@ export class Lens {
   open(title, legend) {
     this.el.hidden = false;
     this.tip.hidden = true;
+    this.note.hidden = true;
     this.title.textContent = title;
     this.legend.replaceChildren(...legend.map(({ className, text }) => {
       const item = document.createElement("span");
@@ -111,22 +149,23 @@ export class Lens {
   }
 
   // The tooltip: the token's probability and rank, and the model's five likeliest tokens at that place.
+  // A character the model writes in several tokens shows as one, with each token's own figures.
   showTip(span) {
     const token = this.tokens[Number(span.dataset.token)];
     if (!token) return;
-    const head = document.createElement("p");
-    head.className = "tip-head";
-    head.textContent = `\u201c${visible(token.text)}\u201d ${percent(token.logprob)} · rank ${token.rank}`;
+    const head = paragraph("tip-head", `\u201c${visible(token.text)}\u201d ${percent(token.logprob)} · rank ${token.rank}`);
+    const parts = token.parts ? [paragraph("tip-parts", `${token.parts.length} tokens, each part of a character: `
+      + token.parts.map((part) => `${visible(part.text)} ${percent(part.logprob)} (rank ${part.rank})`).join(", "))] : [];
+    const first = token.parts ? token.parts[0].text : token.text;
     const list = document.createElement("ol");
     for (const other of token.top) {
       const item = document.createElement("li");
       item.textContent = `\u201c${visible(other.text)}\u201d ${percent(other.logprob)}`;
-      if (other.text === token.text) item.className = "actual";
+      if (other.text === first) item.className = "actual";
       list.append(item);
     }
-    const label = document.createElement("p");
-    label.textContent = "The model's five likeliest here:";
-    this.tip.replaceChildren(head, label, list);
+    const label = paragraph("", token.parts ? "The model's five likeliest first tokens here:" : "The model's five likeliest here:");
+    this.tip.replaceChildren(head, ...parts, label, list);
     this.tip.hidden = false;
     const box = this.el.getBoundingClientRect();
     const rect = span.getBoundingClientRect();
@@ -134,6 +173,18 @@ export class Lens {
     this.tip.style.left = `${Math.max(8, left)}px`;
     this.tip.style.top = `${rect.bottom - box.top + this.el.scrollTop + 4}px`;
   }
+}
+
+function paragraph(className, text) {
+  const element = document.createElement("p");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
+// Tokens a score covers: a character the model writes in several tokens is one entry with its parts.
+export function tokenCount(tokens) {
+  return tokens.reduce((count, token) => count + (token.parts?.length ?? 1), 0);
 }
 
 function plain(text, className, title) {

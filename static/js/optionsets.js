@@ -14,6 +14,16 @@ export class Column {
     this.streaming = true;
     this.sentAt = performance.now();
     this.firstMs = null; // Tab to first words, for this request
+    this.longerWanted = 0; // Tabs again before the server had this set: each extends it once it has
+  }
+
+  // The server has the set (it can be extended) once its first words or its `done` came.
+  get waitingForServer() {
+    return this.streaming && this.firstMs === null;
+  }
+
+  waitedSeconds() {
+    return Math.floor((performance.now() - this.sentAt) / 1000);
   }
 
   // A new request (an extend) writes on into this column.
@@ -44,6 +54,12 @@ export class Column {
 export class OptionSet {
   constructor(columns) {
     this.columns = columns;
+    this.taken = ""; // words already inserted from the set's options (Ctrl+→): each option shows what is left
+  }
+
+  // What is left of an option once `taken` is in the text; null for an option that does not go on from it.
+  rest(text) {
+    return text.startsWith(this.taken) ? text.slice(this.taken.length) : null;
   }
 
   get streaming() {
@@ -72,4 +88,19 @@ export class OptionSet {
     }
     return -1;
   }
+}
+
+const WORDS = new Intl.Segmenter(undefined, { granularity: "word" });
+
+// The start of `text` up to the end of its first word, with the spaces before and the punctuation
+// right after it (" going," of " going, the"); a word is what the browser's segmenter finds (今日 too).
+export function nextWord(text) {
+  let end = 0;
+  let seen = false;
+  for (const { segment, isWordLike } of WORDS.segment(text)) {
+    if (seen && (isWordLike || /^\s/.test(segment))) break;
+    end += segment.length;
+    seen ||= isWordLike;
+  }
+  return text.slice(0, end);
 }

@@ -1,8 +1,17 @@
 // The suggestions popup: a listbox of options anchored at the caret. It owns its DOM.
 
-const FINISH_LABELS = {
-  length: "", sentence: "", paragraph: "", time: "time limit", eos: "end of text",
-  context: "context window full", cancelled: "stopped",
+// Why an option stopped: a short note beside it where it matters, and the whole story on hover.
+export const FINISH_REASONS = {
+  length: ["", "It reached the length set in the settings; Tab makes it longer."],
+  sentence: ["", "It stopped at the end of a sentence (the Stop at setting); Tab writes on."],
+  paragraph: ["", "It stopped at the end of a paragraph (the Stop at setting); Tab writes on."],
+  time: ["out of time: Tab goes on", "The server gives each Tab a few seconds so that everyone gets a turn; this "
+    + "option used them up. Tab goes on from here."],
+  eos: ["the model ended the text here", "The model's likeliest next token was the end of the text: it thinks the "
+    + "text is finished."],
+  context: ["the model cannot read more", "Your text and this option fill everything the model can read at once "
+    + "(its context window)."],
+  cancelled: ["stopped", "Stopped because you typed, pressed Esc or asked again."],
 };
 
 // Which decoding wrote a set, in a few words for the popup's head.
@@ -19,6 +28,13 @@ function describeColumn(column, parameters) {
   const size = parameters ? ` · ${formatSize(parameters)} parameters` : "";
   const first = column.firstMs === null ? "" : ` · first words in ${Math.round(column.firstMs)} ms`;
   return `${column.model}${size}${first}`;
+}
+
+// While the first words are on their way (a busy server queues requests), how long it has been.
+export function waitingNote(column) {
+  if (column.firstMs !== null) return "writing…";
+  const seconds = column.waitedSeconds();
+  return seconds < 1 ? "waiting…" : `waiting ${seconds} s…`;
 }
 
 export function formatSize(parameters) {
@@ -68,22 +84,23 @@ export class SuggestionsPopup {
     this.items = [];
     this.el.classList.toggle("compare", set.columns.length > 1);
     for (const column of set.columns) {
-      const group = document.createElement("div");
-      group.className = "column";
-      group.setAttribute("role", "group");
+      // the listbox holds only options, or in compare mode one labelled group of options per model
+      let group = this.list;
       if (set.columns.length > 1) {
+        group = document.createElement("div");
+        group.className = "column";
+        group.setAttribute("role", "group");
         const head = document.createElement("div");
         head.className = "column-head";
-        head.textContent = describeColumn(column, sizes[column.model]);
-        group.setAttribute("aria-label", column.model);
+        head.setAttribute("aria-hidden", "true"); // the group's name says the same
         group.append(head);
+        this.list.append(group);
       }
       column.options.forEach(() => {
         const item = this.createItem(this.items.length);
         this.items.push(item);
         group.append(item);
       });
-      this.list.append(group);
     }
     set.columns.forEach((column) => this.updateColumn(set, column, sizes));
     const which = total > 1 ? `Set ${index + 1} of ${total}` : "Suggestions";
@@ -96,10 +113,13 @@ export class SuggestionsPopup {
   // Show a column's latest text, notes and figures.
   updateColumn(set, column, sizes = {}) {
     const first = set.firstIndexOf(column);
-    column.options.forEach((text, k) => this.updateOption(first + k, text, column.finish?.[k], column.streaming,
-      column.likelihood?.[k]));
-    const head = this.items[first]?.parentElement.querySelector(".column-head");
-    if (head) head.textContent = describeColumn(column, sizes[column.model]);
+    column.options.forEach((text, k) => this.updateOption(first + k, set.rest(text), column, k));
+    const group = this.items[first]?.closest(".column");
+    if (group) {
+      const description = describeColumn(column, sizes[column.model]);
+      group.querySelector(".column-head").textContent = description;
+      group.setAttribute("aria-label", description);
+    }
   }
 
   createItem(i) {
@@ -120,13 +140,21 @@ export class SuggestionsPopup {
     return item;
   }
 
-  // Model text only ever enters the page through textContent; line breaks are shown as ↵.
-  updateOption(i, text, finish, streaming, likelihood) {
+  // Model text only ever enters the page through textContent; line breaks are shown as ↵. `text` is what
+  // is left of the option after the words already taken from the set (null: it does not go on from them).
+  updateOption(i, text, column, k) {
     const item = this.items[i];
     if (!item) return;
+    item.hidden = text === null;
+    if (text === null) return;
+    const { streaming } = column;
+    const likelihood = column.likelihood?.[k];
     item.querySelector(".option-text").textContent = text.replace(/\n/g, "\u21b5\n");
-    const note = streaming ? "writing…" : FINISH_LABELS[finish] ?? "";
-    item.querySelector(".option-note").textContent = note;
+    const [note, why] = streaming ? [waitingNote(column), ""] : FINISH_REASONS[column.finish?.[k]] ?? ["", ""];
+    const noteElement = item.querySelector(".option-note");
+    noteElement.textContent = note;
+    noteElement.title = why;
+    item.title = why;
     item.classList.toggle("streaming", Boolean(streaming));
     const badge = item.querySelector(".option-likelihood");
     const known = !streaming && likelihood && likelihood.perplexity !== null;
@@ -137,16 +165,19 @@ export class SuggestionsPopup {
       : "";
   }
 
-  select(i) {
+  select(i, step = 1) {
     if (!this.items.length) return;
-    this.selectedIndex = (i + this.items.length) % this.items.length;
+    const count = this.items.length;
+    let at = (i + count) % count;
+    for (let tries = 0; this.items[at].hidden && tries < count; tries += 1) at = (at + step + count) % count;
+    this.selectedIndex = at;
     this.items.forEach((item, k) => item.setAttribute("aria-selected", String(k === this.selectedIndex)));
     this.items[this.selectedIndex].scrollIntoView({ block: "nearest" });
     this.callbacks.onSelect?.(this.items[this.selectedIndex].id);
   }
 
   move(step) {
-    this.select(this.selectedIndex + step);
+    this.select(this.selectedIndex + step, step);
   }
 
   showError(message) {

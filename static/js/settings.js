@@ -3,6 +3,14 @@ import { formatSize } from "./popup.js";
 import { storage } from "./storage.js";
 
 const NUMBERS = ["n", "temperature", "top_k", "top_p", "length", "beams", "no_repeat_ngram"];
+// the settings each decoding mode leaves aside
+const UNUSED = {
+  greedy: ["temperature", "top_k", "top_p", "beams", "n"],
+  beam: ["temperature", "top_k", "top_p"],
+  sample: ["beams"],
+};
+const DRAWER_QUERY = "(max-width: 800px)"; // as in style.css
+const MODE_NAMES = { greedy: "greedy decoding", beam: "beam search", sample: "sampling" };
 
 function modelOption(model) {
   const size = model.parameters ? ` · ${formatSize(model.parameters)} parameters` : "";
@@ -29,14 +37,39 @@ export class SettingsPanel {
       this.show(input);
     }
     elements.reset.addEventListener("click", () => this.reset());
-    for (const button of elements.presets) {
+    this.presets = [...elements.presets];
+    for (const button of this.presets) {
       button.addEventListener("click", () => {
         this.apply(JSON.parse(button.dataset.settings));
         this.presetNote.textContent = button.dataset.note;
       });
     }
     this.showMode();
-    this.toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
+    this.wireDrawer(elements.close);
+  }
+
+  // Beside the editor on wide screens (open at first); a drawer over it on narrow ones (closed at first),
+  // which Esc, Close or a tap outside closes, giving the focus back to the Settings button.
+  wireDrawer(close) {
+    const narrow = window.matchMedia(DRAWER_QUERY);
+    this.setOpen(!narrow.matches);
+    narrow.addEventListener("change", () => this.setOpen(!narrow.matches));
+    this.toggle.addEventListener("click", () => {
+      this.setOpen(this.panel.hidden);
+      if (!this.panel.hidden && narrow.matches) close.focus();
+    });
+    const closeDrawer = () => {
+      this.setOpen(false);
+      this.toggle.focus();
+    };
+    close.addEventListener("click", closeDrawer);
+    this.panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && narrow.matches) closeDrawer();
+    });
+    document.addEventListener("pointerdown", (event) => {
+      const inside = this.panel.contains(event.target) || this.toggle.contains(event.target);
+      if (narrow.matches && !this.panel.hidden && !inside) this.setOpen(false);
+    });
   }
 
   setOpen(open) {
@@ -62,6 +95,11 @@ export class SettingsPanel {
     this.changed(this.inputs[0]);
   }
 
+  // Every setting as it stands (as the inputs hold them), to put back later with apply().
+  snapshot() {
+    return Object.fromEntries(this.inputs.map((input) => [input.name, input.value]));
+  }
+
   // The served models, for the model and compare choices (one still loading cannot be chosen yet).
   showModels(models) {
     const select = this.inputs.find((input) => input.name === "model");
@@ -73,13 +111,33 @@ export class SettingsPanel {
     const other = compare.value;
     compare.replaceChildren(new Option("off: one model", ""), ...models.map((model) => modelOption(model)));
     compare.value = usable.includes(other) ? other : "";
-    compare.closest(".setting").hidden = models.length < 2;
+    compare.disabled = models.length < 2; // and a note says how to serve a second model
+    compare.closest(".setting").querySelector(".compare-note").hidden = models.length >= 2;
   }
 
-  // Settings the chosen decoding mode does not use are dimmed (greedy and beam search ignore temperature…).
+  // Settings the chosen decoding mode does not use are dimmed and say so (greedy and beam search ignore
+  // temperature…); a preset shows as pressed while the settings are its own.
   showMode() {
     const mode = this.inputs.find((input) => input.name === "mode")?.value ?? "sample";
     this.panel.dataset.mode = mode;
+    for (const input of this.inputs) {
+      const setting = input.closest(".setting");
+      const unused = (UNUSED[mode] ?? []).includes(input.name);
+      setting.classList.toggle("unused", unused);
+      let note = setting.querySelector(".unused-note");
+      if (unused && !note) {
+        note = document.createElement("span");
+        note.className = "unused-note";
+        setting.querySelector(".setting-name").append(note);
+      }
+      if (note) note.textContent = unused ? `not used by ${MODE_NAMES[mode]}` : "";
+    }
+    const values = this.values();
+    for (const button of this.presets) {
+      const preset = Object.entries(JSON.parse(button.dataset.settings));
+      const same = preset.every(([name, value]) => String(values[name]) === String(value));
+      button.setAttribute("aria-pressed", String(same));
+    }
   }
 
   // The teacher's class settings: defaults for students who chose nothing, locks, and size caps.

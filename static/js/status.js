@@ -1,5 +1,7 @@
 import { formatSize } from "./popup.js";
 
+const ANNOUNCE_DELAY_MS = 100; // screen readers miss a live region's text changed twice in one task
+
 // The status bar: connection, model, device, loading state, and the last time to first option.
 export class StatusBar {
   constructor(elements) {
@@ -42,11 +44,31 @@ export class StatusBar {
   message(text) {
     this.el.message.classList.remove("note");
     this.el.message.textContent = text;
+    this.offer(null);
   }
 
-  // Like message, but news rather than a problem.
-  note(text) {
+  // One sentence for screen readers (a polite live region): emptied first, so that the same news is read again.
+  announce(text) {
+    const { announcer } = this.el;
+    announcer.textContent = "";
+    clearTimeout(this.announcing);
+    this.announcing = setTimeout(() => { announcer.textContent = text; }, ANNOUNCE_DELAY_MS);
+  }
+
+  // Like message, but news rather than a problem; `offer` ({label, action}) adds a button that acts on it.
+  note(text, offer = null) {
     this.el.message.classList.add("note");
     this.el.message.textContent = text;
+    this.offer(offer);
+  }
+
+  offer(offer) {
+    const button = this.el.action;
+    button.hidden = !offer;
+    button.textContent = offer?.label ?? "";
+    button.onclick = offer && (() => {
+      this.offer(null);
+      offer.action();
+    });
   }
 }

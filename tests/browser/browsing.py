@@ -1,5 +1,6 @@
 """Chromium driven by Playwright: launching it, opening pages that record their errors, and page actions."""
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 TIMEOUT_MS = 60_000
 
 
-def open_page(browser, url, wait_connected=True):
-    """A page in a fresh context (its own cookies) that records page errors, HTTP errors and Socket.IO frames."""
-    context = browser.new_context(viewport={"width": 1200, "height": 760})
+def open_page(browser, url, wait_connected=True, **context_options):
+    """A page in a fresh context (its own cookies) that records page errors, HTTP errors and Socket.IO frames.
+
+    `context_options` go to Playwright's new_context (a phone's viewport, touch, a dark colour scheme).
+    """
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 760}, **context_options})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.errors = []
@@ -61,3 +65,39 @@ def wait_until_done(page):
     page.wait_for_function("() => document.querySelectorAll('#suggestions .option.streaming').length === 0")
 
 
+
+
+AXE_SOURCE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_violations(page):
+    """axe-core's default rules on the page as it is now: [{id, impact, nodes: [target, …]}, …].
+
+    axe comes from npm (a dev dependency, never served to users). The page's CSP refuses inline
+    scripts (Playwright's add_script_tag), so it is evaluated through the DevTools protocol.
+    """
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.evaluate(AXE_SOURCE.read_text())
+    return page.evaluate("""async () => (await axe.run(document)).violations.map(v => ({
+        id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))""")
+
+
+ADMIN_TOKEN = "teacher-token-for-browser-tests"
+
+
+@pytest.fixture(scope="module")
+def admin_server(embedded):
+    """The embedded model with a known admin token, so that a test can open the dashboard too."""
+    from conftest import RunningServer
+
+    server = RunningServer("embedded", args=["--admin-token", ADMIN_TOKEN]).wait_ready()
+    yield server
+    server.stop()
+
+
+def sign_in_as_teacher(page, url):
+    """Open the dashboard of the server at `url` on `page` and wait for its first figures."""
+    page.goto(url.rstrip("/") + "/admin")
+    page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("body[data-loaded=true]").wait_for()

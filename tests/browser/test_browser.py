@@ -110,7 +110,7 @@ def test_model_text_is_shown_as_text_never_as_html(page):
 
 
 def test_status_bar_shows_model_device_warning_and_timing(page):
-    status = page.get_by_role("status", name="Status bar")
+    status = page.get_by_role("contentinfo", name="Status bar")
     assert "SmolLM2-135M" in status.inner_text()
     assert "cpu · float32" in status.inner_text()
     assert page.locator(".status-warning").is_visible()
@@ -179,7 +179,7 @@ def test_the_editor_writes_with_the_embedded_model_in_a_cpu_format(browser, dtyp
     server = RunningServer("embedded", {"TABWRITE_DTYPE": dtype}).wait_ready()
     try:
         page = open_page(browser, server.url)
-        page.get_by_role("status", name="Status bar").filter(has_text=f"cpu · {dtype}").wait_for()
+        page.get_by_role("contentinfo", name="Status bar").filter(has_text=f"cpu · {dtype}").wait_for()
         set_settings(page, {"seed": "3", "length": "6", "stop_at": "length"})
         editor = write(page, "The best thing about summer is")
         editor.press("Tab")

@@ -87,7 +87,7 @@ def test_presets_set_the_sliders_and_explain_themselves(page):
 
 def test_an_example_loads_with_its_settings_and_ctrl_z_brings_the_text_back(page):
     editor = write(page, "My own draft.")
-    page.locator("#examples-menu summary").click()
+    page.get_by_role("button", name="Examples").click()
     page.get_by_role("menuitem", name="Few-shot sentiment classification").click()
     assert editor.input_value().startswith("Review: The film was a delight")
     assert editor.input_value().endswith("Sentiment:")
@@ -120,7 +120,7 @@ def test_model_written_text_is_remembered_highlighted_exported_and_imported(page
 
     files = {}
     for kind in ("json", "md", "txt"):
-        page.locator("#file-menu summary").click()
+        page.get_by_role("button", name="File", exact=True).click()
         with page.expect_download() as download:
             page.get_by_role("menuitem", name=f"Export as .{kind}").click()
         files[kind] = tmp_path / f"doc.{kind}"
@@ -136,7 +136,7 @@ def test_model_written_text_is_remembered_highlighted_exported_and_imported(page
     for kind in ("json", "md"):
         page.get_by_role("button", name="Write").click()
         editor.fill("Something else <b>&amp;</b>")
-        page.locator("#file-menu summary").click()
+        page.get_by_role("button", name="File", exact=True).click()
         page.locator("#import-file").set_input_files(str(files[kind]))
         page.wait_for_function(f"() => document.querySelector('#editor').value === {json.dumps(text)}")
         page.get_by_role("button", name="Model-written").click()
@@ -144,7 +144,7 @@ def test_model_written_text_is_remembered_highlighted_exported_and_imported(page
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
     page.get_by_role("button", name="Write").click()
-    page.locator("#file-menu summary").click()
+    page.get_by_role("button", name="File", exact=True).click()
     page.locator("#import-file").set_input_files(str(bad))
     page.get_by_text("Import failed: this .json file is not a TabWrite document").wait_for()
     assert editor.input_value() == text, "a bad file changes nothing"

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from . import kvcache
+from .detokenizer import REPLACEMENT
 from .sampling import reshape
 from .state import HoldsCache, Prefix, common_length, keep_common_start
 
 SCORE_ALTERNATIVES = 5  # the model's likeliest tokens shown for each scored position
 DISTRIBUTION_TOP = 20  # next-token candidates sent for the distribution chart
+LONGEST_RUN = 8  # tokens merged into one shown span at most (a UTF-8 character takes at most 4 byte tokens)
 
 
 @dataclass
@@ -33,6 +35,11 @@ def score(engine, text, previous=None):
     and where it ends in `text` (in UTF-16 code units, as the page counts). Perplexity is
     exp of the mean negative log-likelihood over the scored tokens.
 
+    Tokens that each hold part of a character (byte-level BPE splits Japanese and emoji)
+    are shown as one entry for the whole character: its log-probability is theirs added
+    up (the character's probability), its rank their largest, its alternatives those of
+    its first token, and `parts` lists each token's own text, log-probability and rank.
+
     `previous` (the Scored of this tab's last score, used up) lets the tokens `text`
     still begins with keep their results and their keys and values, so that only the
     new tokens are read. Returns the scores and the new Scored (None for an empty text).
@@ -44,14 +51,37 @@ def score(engine, text, previous=None):
     if not ids:
         return {"tokens": [], "perplexity": None, "truncated_tokens": truncated, "scored_from": scored_from}, None
     scored = _score_ids(engine, ids, previous)
-    tokens = [
-        {"text": engine.vocab.piece(token), "logprob": round(value, 5), "rank": rank, "end": end,
-         "top": [{"text": engine.vocab.piece(other), "logprob": round(other_value, 4)} for other, other_value in top]}
-        for (token, value, rank, top), end in zip(scored.results, ends)
-    ]
+    tokens = [_shown(engine.vocab, scored.results[start:stop], ends[stop - 1])
+              for start, stop in whole_characters(engine.vocab, ids)]
     mean = sum(value for _, value, _, _ in scored.results) / len(scored.results)
     return {"tokens": tokens, "perplexity": math.exp(-mean), "truncated_tokens": truncated,
             "scored_from": scored_from}, scored
+
+def whole_characters(vocab, ids):
+    """`ids` cut into runs that hold whole characters, as (start, stop) pairs: most runs are one token."""
+    runs, start = [], 0
+    for stop in range(1, len(ids) + 1):
+        # a token that is text by itself ends a run; one that holds part of a character may need the next ones
+        split = REPLACEMENT in vocab.piece(ids[stop - 1]) and vocab.decode(ids[start:stop]).endswith(REPLACEMENT)
+        if split and stop < len(ids) and stop - start < LONGEST_RUN:
+            continue
+        runs.append((start, stop))
+        start = stop
+    return runs
+
+
+def _shown(vocab, results, end):
+    """One entry of the surprise view: a token, or the tokens of a split character as one."""
+    ids = [token for token, _, _, _ in results]
+    _, _, _, top = results[0]
+    shown = {"text": vocab.shown(ids), "logprob": round(sum(value for _, value, _, _ in results), 5),
+             "rank": max(rank for _, _, rank, _ in results), "end": end,
+             "top": [{"text": vocab.shown([other]), "logprob": round(value, 4)} for other, value in top]}
+    if len(results) > 1:
+        shown["parts"] = [{"text": vocab.shown([token]), "logprob": round(value, 5), "rank": rank}
+                          for token, value, rank, _ in results]
+    return shown
+
 
 def _score_ids(engine, ids, previous):
     """Per token of `ids`: (id, log-probability, rank, top alternatives); reusing what `previous` scored."""
@@ -97,13 +127,17 @@ def next_token_logits(engine, text, prefix=None):
     return out.logits[0, -1].float(), Prefix(ids, kvcache.growing(out.cache))
 
 def distribution(vocab, logits, settings, top=DISTRIBUTION_TOP):
-    """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives."""
+    """The `top` likeliest next tokens: the model's probability and the one sampling with `settings` gives.
+
+    A token that holds part of a character is `partial`; its text shows its bytes (<0xE4>).
+    """
     # never NaN in the answer (JSON has no NaN): a model's broken logits show as probability 0
     model_probs = torch.nan_to_num(torch.softmax(logits.float(), dim=-1), nan=0.0)
     shaped = torch.nan_to_num(reshape(logits[None], settings)[0], nan=0.0)
     values, order = model_probs.topk(top)
-    tokens = [{"text": vocab.piece(token), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6),
-               "kept": bool(shaped[token] > 0)}
+    # a token holding part of a character shows its bytes (<0xE4>) and says so: the chart shows one step
+    tokens = [{"text": vocab.shown([token]), "prob": round(prob, 6), "shaped": round(float(shaped[token]), 6),
+               "kept": bool(shaped[token] > 0), "partial": REPLACEMENT in vocab.piece(token)}
               for token, prob in zip(order.tolist(), values.tolist())]
     return {"tokens": tokens, "candidates": int((shaped > 0).sum()), "vocabulary": int(logits.shape[-1]),
             "shown_mass": round(float(values.sum()), 6),

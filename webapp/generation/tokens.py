@@ -1,5 +1,36 @@
 """The model's vocabulary as the engine uses it: text to ids (with where each token ends), ids back to text."""
+import functools
 import itertools
+import re
+
+from .detokenizer import REPLACEMENT
+
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback (Llama): one byte per token
+
+
+@functools.cache
+def byte_level_alphabet():
+    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
+
+
+def spell(raw):
+    """Bytes as text: whole UTF-8 characters as themselves, a stray byte of a split character as <0xE4>."""
+    out, at = [], 0
+    while at < len(raw):
+        for size in (1, 2, 3, 4):
+            try:
+                out.append(raw[at:at + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            at += size
+            break
+        else:
+            out.append(f"<0x{raw[at]:02X}>")
+            at += 1
+    return "".join(out)
 
 
 class Vocabulary:
@@ -35,6 +66,27 @@ class Vocabulary:
         if piece is None:
             piece = self._pieces[token] = self.decode([token])
         return piece
+
+    def token_bytes(self, token):
+        """The bytes one token stands for (byte-level BPE or byte fallback), or None where the vocabulary says not."""
+        name = self.tokenizer.convert_ids_to_tokens(token)
+        found = BYTE_TOKEN.fullmatch(name)
+        if found:
+            return bytes([int(found.group(1), 16)])
+        alphabet = byte_level_alphabet()
+        return bytes(alphabet[char] for char in name) if all(char in alphabet for char in name) else None
+
+    def shown(self, ids):
+        """The text of a run of tokens for the learning views: never a "\ufffd" for a character split between tokens.
+
+        A token holding part of a character (byte-level BPE splits Japanese and emoji) shows
+        the bytes it holds, as <0xE4>; a run that holds whole characters shows them.
+        """
+        pieces = [self.piece(token) for token in ids]
+        if not any(REPLACEMENT in piece for piece in pieces):
+            return "".join(pieces)
+        raw = [self.token_bytes(token) for token in ids]
+        return spell(b"".join(raw)) if None not in raw else self.decode(ids)
 
     def decode(self, ids):
         """The text of `ids`, special tokens and spacing kept as they are."""
