@@ -6,6 +6,9 @@ HTTP views. Read it to know the whole app.
 """
 
 
+PING_TIMEOUT_SECONDS = 60  # Engine.IO's default is 20
+
+
 def create_app(config=None, model=None):
     """Build the app; `model` (a LoadedModel, or a list of them) skips loading, as tests and benchmarks do."""
     # Imported here, not at the top: `tabwrite` must let eventlet monkey-patch the
@@ -49,8 +52,10 @@ def create_app(config=None, model=None):
 
     classroom = Classroom(Store(settings.database_path(app.config), app.config["SESSION_DAYS"]), app.config)
     gatekeeper = Gatekeeper(app.config, classroom)
+    # a generous ping timeout: on a machine whose cores the model keeps busy, pings can come late, and a dropped
+    # connection loses its requests (the page says so and the student asks again)
     socketio = SocketIO(app, async_mode=app.config["ASYNC_MODE"], cors_allowed_origins=gatekeeper.origin_allowed,
-                        max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"])
+                        max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"], ping_timeout=PING_TIMEOUT_SECONDS)
     # outermost first: the proxy's headers are believed, then the host it forwarded is checked
     if app.config["ALLOWED_HOSTS"]:
         app.wsgi_app = HostCheck(app.wsgi_app, app.config["ALLOWED_HOSTS"].split(","))

@@ -84,8 +84,14 @@ const connection = new Connection({
     // Only the server's own disconnect (the teacher signing a student out) is final; the rest retry.
     if (reason === "io server disconnect") statusBar.connection("disconnected", "signed out: reload the page to join again");
     else statusBar.connection("disconnected", "reconnecting…");
+    // the server forgets a closed connection's requests: options still being written will never finish
+    const lost = active?.streaming ? active : null;
     if (active) stopStreaming(active);
     active = null;
+    if (lost) {
+      statusBar.message(LOST_TEXT);
+      if (sets[current] === lost && popup.isOpen) popup.showError(LOST_TEXT);
+    }
   },
   connect_error: (error) => {
     if (error.data?.code === "join") window.location.assign("/join"); // no (or an expired) class session
@@ -236,6 +242,7 @@ function announceSet(set) {
   statusBar.announce(count ? `${which}${count} suggestion${count === 1 ? "" : "s"} ready` : "No suggestions");
 }
 
+const LOST_TEXT = "The connection dropped before these options were finished: press Tab to ask again.";
 const ERROR_PREFIXES = { busy: "Server busy", rate_limited: "Slow down", signed_out: "Signed out" };
 // the server's message names the set by its id, which means nothing to a writer
 const ERROR_TEXTS = { unknown_parent: "The server no longer has these options: press Shift+Tab for new ones." };

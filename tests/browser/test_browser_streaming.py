@@ -84,3 +84,24 @@ def test_waiting_counts_the_seconds_and_every_finish_reason_is_explained(page):
     wait_until_done(page)
     option = page.get_by_role("listbox", name="Suggestions").get_by_role("option").first
     assert option.get_attribute("title") == notes["reasons"]["length"][1]
+
+
+def test_options_cut_off_by_a_dropped_connection_say_so_and_tab_asks_again(browser, embedded):
+    from browsing import open_page
+    from conftest import RunningServer
+
+    server = RunningServer("embedded").wait_ready()
+    page = open_page(browser, server.url)
+    try:
+        set_settings(page, {"length": "64", "stop_at": "length"})
+        editor = write(page, "Once upon a time, in a small town by the sea,")
+        editor.press("Tab")
+        page.wait_for_function("() => [...document.querySelectorAll('#suggestions .option.streaming .option-text')]"
+                               ".some((text) => text.textContent.trim().length > 0)")
+        server.stop()  # the connection drops with the options half written: the server forgot the request
+        message = page.get_by_text("The connection dropped before these options were finished", exact=False)
+        message.first.wait_for()
+        assert "press Tab to ask again" in message.first.text_content()
+    finally:
+        page.context.close()
+        server.stop()

@@ -157,3 +157,15 @@ class _Idle:
     """A runner whose loop is never started: commands stay in the inbox, as they do while the model is busy."""
 
     event = staticmethod(threading.Event)
+
+
+def test_a_connection_that_drops_mid_request_is_logged_with_its_requests(embedded_app, caplog):
+    student = connect(embedded_app)
+    student.emit("suggest", {"id": "long", "text": "Once upon a time", "settings": {"length": 64,
+                                                                                   "stop_at": "length"}})
+    wait_for(student, "long", event="delta")
+    with caplog.at_level("WARNING", logger="webapp.serving.scheduler"):
+        student.disconnect()
+        assert_still_serves(embedded_app)
+    assert any("with requests ['long'] in flight" in record.getMessage() for record in caplog.records)
+    assert embedded_app.extensions["socketio"].server.eio.ping_timeout == 60, "late pings on a busy machine"

@@ -117,9 +117,9 @@ class Scheduler(IdleWork):
         """Stop request `request_id` of client `sid` if it is still running."""
         self._post("cancel", sid, request_id)
 
-    def disconnect(self, sid):
-        """Forget everything of a client that left, stopping its running request."""
-        self._post("disconnect", sid, None)
+    def disconnect(self, sid, reason=None):
+        """Forget everything of a client that left, stopping its running request (`reason`: why it left, logged)."""
+        self._post("disconnect", sid, reason)
 
     def _post(self, *command):
         self.inbox.append(command)
@@ -351,7 +351,7 @@ class Scheduler(IdleWork):
         elif kind == "distribution":
             self._distribution(sid, argument)
         elif kind == "disconnect":
-            self._forget(sid)
+            self._forget(sid, argument)
 
     def _start(self, sid, request, owner):
         """A new request replaces the student's running one (one request in flight per student)."""
@@ -382,8 +382,12 @@ class Scheduler(IdleWork):
             self.engine.cancel(task.generation)
             self._finish(task)
 
-    def _forget(self, sid):
-        for task in [t for t in self.tasks if t.sid == sid]:
+    def _forget(self, sid, reason=None):
+        dropped = [t for t in self.tasks if t.sid == sid]
+        if dropped:  # nobody is left to tell: the page says so itself when its connection drops
+            log.warning("connection %s closed (%s) with requests %s in flight; they are dropped", sid, reason,
+                        [task.id for task in dropped])
+        for task in dropped:
             self.tasks.remove(task)
         for key in [k for k in self.finished if k[0] == sid]:
             del self.finished[key]

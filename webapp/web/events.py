@@ -62,7 +62,7 @@ def register_events(socketio, models, classroom, max_text_chars):
     @socketio.on("disconnect")
     def on_disconnect(reason=None):
         for scheduler in models.schedulers:
-            scheduler.disconnect(request.sid)
+            scheduler.disconnect(request.sid, reason)
         classroom.disconnect(request.sid)
 
     def replying_errors(handler):
