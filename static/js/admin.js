@@ -77,7 +77,7 @@ function renderStudents(students) {
     const row = body.insertRow();
     row.dataset.student = student.id;
     cell(row, student.name);
-    cell(row, student.connections);
+    cell(row, student.left ? `left ${ago(student.left)}` : student.connections);
     cell(row, student.requests);
     cell(row, student.tokens);
     cell(row, student.refused);

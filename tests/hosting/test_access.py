@@ -352,3 +352,21 @@ def test_one_request_in_flight_per_student_across_tabs(embedded):
         wait_for(tab2, "new")
     finally:
         app.extensions["tabwrite"].scheduler.stop()
+
+
+def test_a_student_whose_tabs_closed_stays_listed_for_a_while_and_comes_back_to_the_same_row(class_app, monkeypatch):
+    from webapp.hosting import classroom as classroom_module
+
+    browser, _ = join(class_app, name="Hedy")
+    client = socket_for(class_app, browser)
+    client.emit("suggest", {"id": "s", "text": "Hello", "settings": GREEDY})
+    wait_for(client, "s")
+    client.disconnect()
+    [hedy] = signed_in_admin(class_app).get("/admin/api/state").get_json()["students"]
+    assert (hedy["name"], hedy["connections"], hedy["requests"]) == ("Hedy", 0, 1) and hedy["left"] > 0
+    again = socket_for(class_app, browser)
+    [back] = class_app.extensions["tabwrite.classroom"].roster()
+    assert (back["connections"], back["requests"], back["left"]) == (1, 1, None), "the same row, counts kept"
+    again.disconnect()
+    monkeypatch.setattr(classroom_module, "RECENT_SECONDS", 0)
+    assert class_app.extensions["tabwrite.classroom"].roster() == [], "forgotten once the while is over"

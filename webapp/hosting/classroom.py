@@ -13,6 +13,7 @@ from .throttle import SlidingWindow
 log = logging.getLogger(__name__)
 
 POLICY_KEY = "policy"
+RECENT_SECONDS = 30 * 60  # a student whose tabs all closed stays on the dashboard this long (the end of a lesson)
 
 
 class TooManyConnections(Exception):
@@ -31,12 +32,14 @@ class Student:
     tokens: int = 0
     refused: int = 0  # requests refused by the rate limit
     last_request: float | None = None
+    left: float | None = None  # when the last tab closed; None while connected
+    ended: bool = False  # the teacher ended the session: not listed once gone
 
     def describe(self):
         """A row of the dashboard's student list."""
         return {"id": self.id, "name": self.name, "connections": len(self.sids), "joined": self.joined,
                 "requests": self.requests, "tokens": self.tokens, "refused": self.refused,
-                "last_request": self.last_request}
+                "last_request": self.last_request, "left": self.left}
 
 
 class Classroom:
@@ -55,6 +58,7 @@ class Classroom:
         self.per_address = {}  # address -> open connections
         self.metrics = Metrics()
         self.students = {}  # student id -> Student, while connected
+        self.recent = {}  # student id -> Student whose tabs all closed in the last RECENT_SECONDS
         self.by_sid = {}  # Socket.IO sid -> Student
         self.policy = self._load_policy()
 
@@ -80,8 +84,10 @@ class Classroom:
             raise TooManyConnections(f"too many open tabs: at most {self.max_per_student} per student")
         if self.per_address.get(address, 0) >= self.max_per_address:
             raise TooManyConnections(f"too many connections from this address: at most {self.max_per_address}")
-        if student is None:
-            student = self.students[session.student_id] = Student(session.student_id, session.name)
+        if student is None:  # back within the lesson: the same row, counts and all
+            student = self.recent.pop(session.student_id, None) or Student(session.student_id, session.name)
+            student.left = None
+            self.students[session.student_id] = student
         student.sids.add(sid)
         self.by_sid[sid] = student
         self.addresses[sid] = address
@@ -96,6 +102,9 @@ class Classroom:
             student.sids.discard(sid)
             if not student.sids:
                 self.students.pop(student.id, None)
+                if not student.ended and not student.id.startswith("conn-"):  # a cookie-less one is nobody
+                    student.left = time.time()
+                    self.recent[student.id] = student
         address = self.addresses.pop(sid, None)
         if address is not None:
             self.per_address[address] -= 1
@@ -111,8 +120,12 @@ class Classroom:
     def sign_out(self, student_id):
         """End a student's sessions; return the connections to close."""
         self.store.end_sessions(student_id)
+        self.recent.pop(student_id, None)
         student = self.students.get(student_id)
-        return sorted(student.sids) if student else []
+        if student is None:
+            return []
+        student.ended = True
+        return sorted(student.sids)
 
     # ---- limits -----------------------------------------------------------------------
 
@@ -161,5 +174,9 @@ class Classroom:
             return ClassPolicy(max_options=self.max_options, max_length=self.max_length)
 
     def roster(self):
-        """The dashboard's list of connected students, busiest first."""
-        return sorted((s.describe() for s in self.students.values()), key=lambda row: (-row["requests"], row["name"]))
+        """The dashboard's list: connected students, then those who left in the last RECENT_SECONDS; busiest first."""
+        cutoff = time.time() - RECENT_SECONDS
+        for student_id in [key for key, student in self.recent.items() if student.left < cutoff]:
+            del self.recent[student_id]
+        rows = [student.describe() for student in [*self.students.values(), *self.recent.values()]]
+        return sorted(rows, key=lambda row: (row["left"] is not None, -row["requests"], row["name"]))
