@@ -70,8 +70,8 @@ LIMITS = (
     Setting("ADMIN_ATTEMPTS_PER_MINUTE", 5,
             "Wrong admin tokens one address may try per minute before getting 429; never counts against joining."),
     Setting("CONTROL_EVENTS_PER_MINUTE", 600,
-            "Cancel, prime, score and chart events one connection may send in any 60 seconds; more get "
-            "`rate_limited`."),
+            "Cancel, prime, score and chart events one student (all tabs together) may send in any 60 seconds; "
+            "more get `rate_limited`."),
     Setting("MAX_CONNECTIONS_PER_STUDENT", 12, "Open connections (tabs) one student may have; more are refused."),
     Setting("MAX_CONNECTIONS_PER_ADDRESS", 200,
             "Open connections from one address (a school's shared one counts every student); more are refused."),

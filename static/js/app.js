@@ -107,6 +107,7 @@ const connection = new Connection({
   score: (result) => learning.onScore(result),
   distribution: (answer) => learning.onDistribution(answer),
   delta: onDelta,
+  queued: onQueued,
   done: onDone,
   error: onError,
 });
@@ -221,6 +222,14 @@ function onDelta({ id, deltas }) {
     popup.updateColumn(set, column, modelSizes);
     showGhost();
   }
+}
+
+// A busy server says where a waiting request stands in line; its options show it until the first words.
+function onQueued({ id, position }) {
+  const { set, column } = findColumn(id);
+  if (!set || column.requestId !== id || !column.waitingForServer) return;
+  column.ahead = position - 1;
+  if (sets[current] === set) popup.updateColumn(set, column, modelSizes);
 }
 
 function onDone(payload) {

@@ -15,6 +15,7 @@ export class Column {
     this.sentAt = performance.now();
     this.firstMs = null; // Tab to first words, for this request
     this.longerWanted = 0; // Tabs again before the server had this set: each extends it once it has
+    this.ahead = 0; // new requests before this one in the server's line, as it last said (`queued`)
   }
 
   // The server has the set (it can be extended) once its first words or its `done` came.
@@ -33,6 +34,7 @@ export class Column {
     this.streaming = true;
     this.sentAt = performance.now();
     this.firstMs = null;
+    this.ahead = 0;
   }
 
   addDeltas(deltas) {

@@ -34,7 +34,8 @@ function describeColumn(column, parameters) {
 export function waitingNote(column) {
   if (column.firstMs !== null) return "writing…";
   const seconds = column.waitedSeconds();
-  return seconds < 1 ? "waiting…" : `waiting ${seconds} s…`;
+  const line = column.ahead > 0 ? `, ${column.ahead} ahead in line` : "";
+  return seconds < 1 && !line ? "waiting…" : `waiting ${seconds} s${line}…`;
 }
 
 export function formatSize(parameters) {

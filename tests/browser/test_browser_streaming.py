@@ -105,3 +105,15 @@ def test_options_cut_off_by_a_dropped_connection_say_so_and_tab_asks_again(brows
     finally:
         page.context.close()
         server.stop()
+
+
+def test_a_waiting_request_shows_its_place_in_line(page):
+    note = page.evaluate("""async () => {
+        const { Column } = await import('/static/js/optionsets.js');
+        const { waitingNote } = await import('/static/js/popup.js');
+        const column = new Column('x-1', 'model', {}, 3);
+        column.sentAt -= 3200;
+        column.ahead = 2;
+        return waitingNote(column);
+    }""")
+    assert note == "waiting 3 s, 2 ahead in line…"

@@ -1,5 +1,7 @@
 """No request loses its turn: the scheduler steps every writing request in every turn, and beam search, which
 cannot be paused, takes one call of its own a turn (bounded by the engine's beam_seconds), never the others'."""
+import time
+
 from conftest import connect, make_app, payloads, wait_for
 
 from webapp.serving import scheduler as scheduler_module
@@ -39,31 +41,32 @@ def test_beam_searches_and_a_crowd_of_newcomers_never_take_a_writing_requests_tu
     try:
         timeline = Timeline(scheduler, monkeypatch)
         honest = [connect(app) for _ in range(3)]
-        crowd, beams = connect(app), [connect(app) for _ in range(2)]
+        beams = [connect(app) for _ in range(2)]
         for index, student in enumerate(honest):
             student.emit("suggest", {"id": f"h{index}", "text": f"Student {index} writes that the river",
                                      "settings": {**HONEST, "seed": index}})
         for index, student in enumerate(beams):
             student.emit("suggest", {"id": f"b{index}", "text": LONG_TEXT, "settings": {
                 "mode": "beam", "n": 4, "beams": 8, "length": 64, "max_time": 30}})
-        for index in range(12):  # one tab's requests replace each other: twelve tabs of one crowd
-            tab = connect(app)
+        newcomers = [connect(app) for _ in range(12)]  # a crowd arrives while the others write
+        for index, tab in enumerate(newcomers):
             tab.emit("suggest", {"id": f"c{index}", "text": f"Newcomer {index} " + LONG_TEXT[:300],
                                  "settings": {"length": 4, "stop_at": "length"}})
         for index, student in enumerate(honest):
             wait_for(student, f"h{index}")
         for index, student in enumerate(beams):
             wait_for(student, f"b{index}")
-        assert crowd.is_connected()
+        for index, tab in enumerate(newcomers):
+            wait_for(tab, f"c{index}")
     finally:
         scheduler.stop()
     for index in range(3):
         turns = timeline.turns_of(f"h{index}")
         assert turns == list(range(turns[0], turns[0] + len(turns))), f"h{index} lost a turn: {turns}"
-    beam_calls = [(turn, ids) for turn, kind, ids in timeline.calls if any(i.startswith("b") for i in ids)]
-    assert beam_calls and all(len(ids) == 1 for _, ids in beam_calls), "a beam search's call is its own"
-    turns_with_beams = [turn for turn, _ in beam_calls]
-    assert len(turns_with_beams) == len(set(turns_with_beams)), "one beam-search call a turn"
+    beam_calls = [(turn, kind, ids) for turn, kind, ids in timeline.calls if any(i.startswith("b") for i in ids)]
+    assert beam_calls and all(len(ids) == 1 for _, _, ids in beam_calls), "a beam search's call is its own"
+    steps = [turn for turn, kind, _ in beam_calls if kind == "step"]
+    assert len(steps) == len(set(steps)), "one beam-search step a turn (a new one's first is read like a prompt)"
 
 
 def test_a_long_text_is_scored_in_passes_between_turns_and_answered_once(embedded, monkeypatch):
@@ -81,4 +84,35 @@ def test_a_long_text_is_scored_in_passes_between_turns_and_answered_once(embedde
     finally:
         scheduler.stop()
     assert len(answers) == 1 and len(answers[0]["tokens"]) > 64 * 4
-    assert len(passes) >= 5 and len(set(passes)) == len(passes), "one pass a turn"
+    assert len(passes) >= 5, "read a pass at a time"
+
+
+def test_requests_waiting_for_the_model_are_told_their_place_in_line(embedded, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "PREFILL_SLICE", 0.001)  # one reading pass a turn
+    monkeypatch.setattr(scheduler_module, "READ_TOGETHER_WORK", 1.0)  # each request read alone
+    app = make_app(embedded)
+    scheduler = app.extensions["tabwrite"].scheduler
+    start_call, first = scheduler._start_call, []
+
+    def slow_first(tasks):  # while the first prompt is read, the rest of the class arrives
+        if not first:
+            first.append(tasks[0].id)
+            time.sleep(0.5)
+        return start_call(tasks)
+
+    monkeypatch.setattr(scheduler, "_start_call", slow_first)
+    try:
+        students = [connect(app) for _ in range(4)]
+        for index, student in enumerate(students):
+            student.emit("suggest", {"id": f"q{index}", "text": f"Student {index} writes", "settings": {
+                "length": 2, "stop_at": "length", "temperature": 0}})
+            time.sleep(0.05)
+        events = [wait_for(student, f"q{index}") for index, student in enumerate(students)]
+    finally:
+        scheduler.stop()
+    lines = [[queued["position"] for queued in payloads(seen, "queued")] for seen in events]
+    assert lines[0] == [], "the first was read at once"
+    assert lines[3] and lines[3] == sorted(lines[3], reverse=True) and lines[3][-1] == 2, lines
+    for seen in events:  # never after its first words
+        names = [event["name"] for event in seen]
+        assert "queued" not in names[names.index("delta"):] if "delta" in names else True

@@ -26,9 +26,12 @@ def write_beams(engine, generation):
     going = [option for option in generation.options if option.finish is None]
     if not any(option.tokens for option in generation.options):
         found = beam_search(engine, generation.prompt_ids, settings, len(going), deadline)
-    else:
-        found = [beam_search(engine, generation.prompt_ids + option.tokens, settings, 1, deadline)[0]
-                 for option in going]
+    else:  # one search per option: they share the step's time and its reading work, in equal parts
+        found = []
+        for done, option in enumerate(going):
+            share = (deadline - time.monotonic()) / (len(going) - done)
+            found.append(beam_search(engine, generation.prompt_ids + option.tokens, settings, 1,
+                                     time.monotonic() + share, len(going))[0])
     for option, (tokens, logprobs) in zip(going, found):
         option.step_tokens, option.step_text = 0, ""
         for token, logprob in zip(tokens, logprobs):
@@ -46,16 +49,17 @@ def write_beams(engine, generation):
     deltas = {id(option): option.step_text for option in going}
     return [deltas.get(id(option), "") for option in generation.options]
 
-def beam_search(engine, ids, settings, count, deadline=math.inf):
+def beam_search(engine, ids, settings, count, deadline=math.inf, sharing=1):
     """The `count` best beams after `ids`: (new token ids up to and including an end of text, their log-probs).
 
-    The search stops at `deadline` (time.monotonic()) with what it has; none is started after it.
+    The search stops at `deadline` (time.monotonic()) with what it has; none is started after it. `sharing`
+    searches share one pass's reading work.
     """
     room = engine.loaded.max_context - len(ids)
     left = deadline - time.monotonic()
     if room <= 0 or left <= 0:
         return [([], [])] * count
-    ids = ids[-prompt_tokens(engine, settings.beams):]
+    ids = ids[-prompt_tokens(engine, settings.beams * sharing):]
     inputs = torch.tensor([ids], device=engine.device)
     arguments = beam_arguments(settings, count, min(settings.length, room), left)
     out = engine.model.generate(inputs, attention_mask=torch.ones_like(inputs), pad_token_id=engine.pad_id,
@@ -70,7 +74,7 @@ def beam_search(engine, ids, settings, count, deadline=math.inf):
 
 
 def prompt_tokens(engine, beams):
-    """How many of the prompt's most recent tokens a search of `beams` beams reads."""
+    """How many of the prompt's most recent tokens a search of `beams` beams (all searches of a step) reads."""
     return max(MIN_PROMPT_TOKENS, int(engine.pass_work / max(1, engine.loaded.parameters) / beams))
 
 

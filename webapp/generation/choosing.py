@@ -52,7 +52,8 @@ class Chooser:
         for members in alike.values():
             try:
                 self._choose_together(members, logits, chosen)
-            except Exception:  # one member's values broke the group's sampling: each is chosen alone
+            except Exception:  # one member's values broke the group's sampling: each is chosen alone (a member
+                # drawn from before the failure draws again: a seeded one then picks what it would not alone)
                 for generation, rows in members:
                     self._choose_alone(generation, logits, rows, chosen)
         logprobs, chosen = _logprobs_of(logits, chosen), chosen.tolist()

@@ -2,8 +2,16 @@
 
 `engine.Engine` runs a model in this process. A second engine (one that speaks to a
 serving engine over HTTP) implements the same methods; the scheduler cannot tell them
-apart. Every method runs on the scheduler's model thread, one call at a time. Text goes
-out as deltas: one string per option, "" where an option has nothing new.
+apart. Calls come one at a time: those that do model work (start_many, step_many, prime,
+score, score_ahead, next_token_logits, distribution, warm_up) on the scheduler's model
+thread, the rest (prepare, unread, extend, cancel, release, flush) on its loop, so they
+must be quick. Text goes out as deltas: one string per option, "" where an option has
+nothing new.
+
+What the scheduler reads of a generation: `settings`, `options` (each `step_tokens`),
+`finished`, `failure` (set when it failed alone), `texts()`, `finishes()`,
+`likelihoods()`, `prompt_ids`, `truncated`, `healed`, `reused`, `prefix` (the tab's new
+prompt cache, to keep) and `cache_bytes()`; of a prefix or scored state, `cache_bytes()`.
 """
 from typing import Protocol
 

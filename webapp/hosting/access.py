@@ -23,7 +23,6 @@ from .store import digest
 from .throttle import SlidingWindow
 
 SESSION_COOKIE = "tabwrite_session"
-SESSION_MAX_AGE = 30 * 24 * 3600  # a term's worth of lessons without typing the code again
 MAX_NAME_CHARS = 40
 FAILED_ATTEMPT_SECONDS = 0.5  # a wrong code or token waits this long: guessing slows, nobody is locked out
 MIN_SECRET_CHARS = 32
@@ -135,7 +134,8 @@ def gatekeeper():
 
 def set_session_cookie(response, token):
     """The student's cookie: random, HttpOnly, SameSite=Lax, Secure over HTTPS."""
-    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_MAX_AGE, httponly=True, samesite="Lax",
+    days = current_app.config["SESSION_DAYS"]
+    response.set_cookie(SESSION_COOKIE, token, max_age=days * 24 * 3600, httponly=True, samesite="Lax",
                         secure=request.is_secure)
 
 

@@ -51,7 +51,7 @@ class Classroom:
         self.max_options = config["MAX_OPTIONS"]
         self.max_length = config["MAX_LENGTH"]
         self.rate = SlidingWindow(config["REQUESTS_PER_MINUTE"])
-        self.control = SlidingWindow(config["CONTROL_EVENTS_PER_MINUTE"])  # per connection: cancel, prime, score...
+        self.control = SlidingWindow(config["CONTROL_EVENTS_PER_MINUTE"])  # per student: cancel, prime, score...
         self.max_per_student = config["MAX_CONNECTIONS_PER_STUDENT"]
         self.max_per_address = config["MAX_CONNECTIONS_PER_ADDRESS"]
         self.addresses = {}  # Socket.IO sid -> the address it came from
@@ -70,7 +70,7 @@ class Classroom:
 
     def guest_session(self):
         """A session for a visitor of a class without a code (the page gets it as a cookie)."""
-        return self.store.create_session(GUEST_NAME, self.code)
+        return self.store.create_session(GUEST_NAME, self.code, guest=True)
 
     def connect(self, sid, session, address="?"):
         """A connection opened; `session` None means a cookie-less client of an open class.
@@ -110,7 +110,6 @@ class Classroom:
             self.per_address[address] -= 1
             if not self.per_address[address]:
                 del self.per_address[address]
-        self.control.forget(sid)
         self.metrics.connections(len(self.by_sid))
 
     def student_of(self, sid):
@@ -143,9 +142,14 @@ class Classroom:
         return settings
 
     def admit_control(self, sid):
-        """Count a cancel, prime, score or chart event of a connection; raise ProtocolError past the limit."""
-        if not self.control.allow(sid):
-            wait = self.control.retry_after(sid)
+        """Count a cancel, prime, score or chart event of a connection's student; raise ProtocolError past the limit.
+
+        Counted per student, all tabs together: reconnecting starts no new count.
+        """
+        student = self.by_sid.get(sid)
+        key = student.id if student is not None else sid
+        if not self.control.allow(key):
+            wait = self.control.retry_after(key)
             raise ProtocolError(f"too many events: at most {self.control.limit} a minute; try again in {wait:.0f} s",
                                 code=protocol.RATE_LIMITED, retry_after=wait)
 

@@ -63,6 +63,7 @@ def digest(value):
 
 
 GUEST_NAME = "guest"  # a visitor of a class without a code
+GUEST_PREFIX = "guest-"  # a guest session's student id starts so (a student may call themself "guest")
 GUEST_SESSION_DAYS = 1  # a guest's session is forgotten sooner: anyone who loads the page gets one
 DAY_SECONDS = 24 * 3600
 
@@ -84,10 +85,10 @@ class Store:
 
     # ---- sessions ----------------------------------------------------------------------
 
-    def create_session(self, name, code):
-        """Make a session for `name`; return (cookie token, Session)."""
+    def create_session(self, name, code, guest=False):
+        """Make a session for `name` (a guest's lasts GUEST_SESSION_DAYS); return (cookie token, Session)."""
         token = secrets.token_urlsafe(32)
-        session = Session(student_id=secrets.token_hex(8), name=name)
+        session = Session(student_id=(GUEST_PREFIX if guest else "") + secrets.token_hex(8), name=name)
         with self._connect() as db:
             self._prune_sessions(db)
             db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
@@ -101,19 +102,19 @@ class Store:
         with self._connect() as db:
             row = db.execute("SELECT student_id, name, created FROM sessions WHERE token_hash = ? AND code_hash = ?",
                              (digest(token), digest(code))).fetchone()
-        if row is None or row[2] < time.time() - self._lifetime(row[1]):
+        if row is None or row[2] < time.time() - self._lifetime(row[0]):
             return None  # unknown, or expired (pruned at the next join)
         return Session(row[0], row[1])
 
-    def _lifetime(self, name):
-        """Seconds a session of `name` lasts."""
-        return (GUEST_SESSION_DAYS if name == GUEST_NAME else self.session_days) * DAY_SECONDS
+    def _lifetime(self, student_id):
+        """Seconds the session of `student_id` lasts."""
+        return (GUEST_SESSION_DAYS if student_id.startswith(GUEST_PREFIX) else self.session_days) * DAY_SECONDS
 
     def _prune_sessions(self, db):
         """Forget expired sessions: the table holds only those that still work."""
         now = time.time()
-        db.execute("DELETE FROM sessions WHERE (name = ? AND created < ?) OR created < ?",
-                   (GUEST_NAME, now - GUEST_SESSION_DAYS * DAY_SECONDS, now - self.session_days * DAY_SECONDS))
+        db.execute("DELETE FROM sessions WHERE (student_id LIKE ? AND created < ?) OR created < ?",
+                   (GUEST_PREFIX + "%", now - GUEST_SESSION_DAYS * DAY_SECONDS, now - self.session_days * DAY_SECONDS))
 
     def end_sessions(self, student_id):
         """Sign a student out everywhere (the teacher's 'disconnect')."""

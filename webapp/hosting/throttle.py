@@ -31,10 +31,6 @@ class SlidingWindow:
         self.hit(key)
         return True
 
-    def forget(self, key):
-        """Drop everything counted for `key` (a connection that closed)."""
-        self.events.pop(key, None)
-
     def _prune(self, key):
         times = self.events.get(key)
         if times is None:

@@ -42,6 +42,7 @@ class IdleWork:
             return
         if ahead is not None:  # a long text is scored a pass at a time: a Tab waits for one pass at most
             self.scored[sid] = ahead
+            self._within_prefix_budget()
             self.scores.setdefault(sid, request)  # unless a newer text for this tab came in meanwhile
             return
         answer = self._idle_call(sid, request, "scoring", self.engine.score, request.text, previous)

@@ -12,6 +12,7 @@ is just dropping a task, and each client's events leave in order.
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Task:
     model_seconds: float = 0.0  # time spent inside model calls (the rest is queueing and I/O)
     prepared: object = None  # its engine's prepared request (tokenized, truncated, healed), made once while it waits
     unread: int | None = None  # tokens its start will read, counted once while it waits
+    position: int = 0  # its place in line among new requests, as last told to its tab (0: not told)
 
 
 class Scheduler(IdleWork):
@@ -74,6 +76,7 @@ class Scheduler(IdleWork):
         self.engine = None
         self.inbox = deque()  # commands from handlers, applied by the loop between steps
         self.waiting = 0  # `submit` commands in the inbox: only they count as work waiting (see depth)
+        self.waiting_lock = threading.Lock()  # handlers add (threads, in threading mode), the loop takes
         self.tasks = deque()  # running tasks: the writing ones step together, new ones are read one per turn
         self.finished = OrderedDict()  # (sid, id) -> Generation, oldest first
         self.prefixes = OrderedDict()  # sid -> engine.Prefix of the tab's last prompt, least recently used first
@@ -94,7 +97,8 @@ class Scheduler(IdleWork):
         if self.depth() >= self.max_queue:
             raise ProtocolError(f"the server is busy ({self.max_queue} requests queued); try again in a few seconds",
                                 code=protocol.BUSY, retry_after=BUSY_RETRY_SECONDS)
-        self.waiting += 1
+        with self.waiting_lock:
+            self.waiting += 1
         self._post("submit", sid, (request, owner or sid))
 
     def depth(self):
@@ -161,6 +165,7 @@ class Scheduler(IdleWork):
                 self.wakeup.wait(IDLE_WAIT)
                 self.wakeup.clear()
             return
+        self._tell_positions()
         started = self._start_new_requests()
         if started:
             self._apply_inbox()  # a cancel sent while a long prompt was read applies before the step
@@ -173,6 +178,14 @@ class Scheduler(IdleWork):
             self._run_model(self._step_call, sampled)
         if beams:  # the one that has written the fewest steps: beam searches take turns
             self._run_model(self._step_call, [min(beams, key=lambda task: task.steps)])
+
+    def _tell_positions(self):
+        """Tell each new request still waiting its place in line, when it changed (the page shows it)."""
+        waiting = [task for task in self.tasks if task.generation is None]
+        for position, task in enumerate(waiting[1:], start=2):  # the first is read this turn
+            if task.position != position:
+                task.position = position
+                self.emit(protocol.QUEUED, protocol.queued_payload(task.id, position), to=task.sid)
 
     def _start_new_requests(self):
         """Read new requests' prompts, oldest first, until PREFILL_SLICE is spent (at least one pass)."""
@@ -317,8 +330,11 @@ class Scheduler(IdleWork):
         payload = protocol.done_payload(task.id, generation.texts(), generation.finishes(), stats,
                                         generation.likelihoods())
         self.emit(protocol.DONE, payload, to=task.sid)
-        self.on_finish(task.sid, stats)
-        self._keep(task.sid, task.id, generation)
+        try:  # answered already: what follows only counts it and keeps it for extend
+            self.on_finish(task.sid, stats)
+            self._keep(task.sid, task.id, generation)
+        except Exception:
+            log.exception("keeping request %s failed (extending it will ask for new options)", task.id)
 
     # ---- commands --------------------------------------------------------------------
 
@@ -326,7 +342,8 @@ class Scheduler(IdleWork):
         while self.inbox:
             kind, sid, argument = self.inbox.popleft()
             if kind == "submit":
-                self.waiting -= 1
+                with self.waiting_lock:
+                    self.waiting -= 1
             try:
                 self._apply(kind, sid, argument)
             except Exception:  # this command fails alone
@@ -379,8 +396,12 @@ class Scheduler(IdleWork):
             if task.generation is None:  # never started: nothing to keep
                 self.emit(protocol.DONE, protocol.done_payload(task.id, [], [], {}), to=task.sid)
                 continue
-            self.engine.cancel(task.generation)
-            self._finish(task)
+            try:
+                self.engine.cancel(task.generation)
+                self._finish(task)
+            except Exception:  # this one is told, and the request that replaces it goes on
+                log.exception("cancelling request %s failed", task.id)
+                self._fail_tasks([task], "the server failed while stopping this request")
 
     def _forget(self, sid, reason=None):
         dropped = [t for t in self.tasks if t.sid == sid]

@@ -1,4 +1,4 @@
 """The web front: Socket.IO events, HTTP views, the protocol's payloads, published documents, lesson data.
 
-May import hosting/ and serving/ (to hand work over), never torch, generation/, models/ or accel/.
+May import Flask, hosting/ and generation/settings.py (plain data); never torch, serving/, models/ or accel/.
 """

@@ -32,9 +32,10 @@ ERROR = "error"
 STATUS = "status"
 POLICY = "policy"
 PRIMED = "primed"
+QUEUED = "queued"
 
 CLIENT_EVENTS = (SUGGEST, EXTEND, CANCEL, PRIME, SCORE, DISTRIBUTION)
-SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED, SCORE, DISTRIBUTION)
+SERVER_EVENTS = (DELTA, DONE, ERROR, STATUS, POLICY, PRIMED, QUEUED, SCORE, DISTRIBUTION)
 
 # Why an option stopped, as sent in `done.finish`.
 FINISH_REASONS = ("length", "sentence", "paragraph", "eos", "time", "context", "cancelled")
@@ -189,6 +190,11 @@ def delta_payload(request_id, deltas):
 def done_payload(request_id, options, finish, stats, likelihoods=()):
     """`done`: the whole text of every option, why each stopped, how likely the model found it, and timings."""
     return {"id": request_id, "options": options, "finish": finish, "likelihood": list(likelihoods), "stats": stats}
+
+
+def queued_payload(request_id, position):
+    """`queued`: the request waits for the model, `position` new requests first in line (1: it is next)."""
+    return {"id": request_id, "position": position}
 
 
 def primed_payload(request_id, tokens):
