@@ -130,6 +130,7 @@ function requestSuggestions() {
     statusBar.announce(EMPTY_HINT);
     return;
   }
+  if (statusBar.el.message.textContent === EMPTY_HINT) statusBar.message(""); // there is text now
   cancelActive();
   const values = settings.values();
   const columns = modelsToAsk().map((model) => {

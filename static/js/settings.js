@@ -51,7 +51,7 @@ export class SettingsPanel {
   // Beside the editor on wide screens (open at first); a drawer over it on narrow ones (closed at first),
   // which Esc, Close or a tap outside closes, giving the focus back to the Settings button.
   wireDrawer(close) {
-    const narrow = window.matchMedia(DRAWER_QUERY);
+    const narrow = this.narrow = window.matchMedia(DRAWER_QUERY);
     this.setOpen(!narrow.matches);
     narrow.addEventListener("change", () => this.setOpen(!narrow.matches));
     this.toggle.addEventListener("click", () => {
@@ -65,6 +65,7 @@ export class SettingsPanel {
     close.addEventListener("click", closeDrawer);
     this.panel.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && narrow.matches) closeDrawer();
+      if (event.key === "Tab" && narrow.matches) this.wrapFocus(event);
     });
     document.addEventListener("pointerdown", (event) => {
       const inside = this.panel.contains(event.target) || this.toggle.contains(event.target);
@@ -75,6 +76,33 @@ export class SettingsPanel {
   setOpen(open) {
     this.panel.hidden = !open;
     this.toggle.setAttribute("aria-expanded", String(open));
+    // a drawer over the page holds the focus: while it is open, everything behind it is inert
+    const hold = open && Boolean(this.narrow?.matches);
+    for (const other of this.behind()) other.inert = hold;
+  }
+
+  // Tab past the drawer's last control comes back to its first (and Shift+Tab the other way), as in a dialog.
+  wrapFocus(event) {
+    const controls = [...this.panel.querySelectorAll("button, input, select, textarea, a[href], [tabindex='0']")]
+      .filter((control) => !control.disabled && control.getClientRects().length > 0);
+    const [first, last] = [controls[0], controls.at(-1)];
+    const target = event.shiftKey ? (document.activeElement === first ? last : null)
+      : (document.activeElement === last ? first : null);
+    if (target) {
+      event.preventDefault();
+      target.focus();
+    }
+  }
+
+  // What the drawer covers: the siblings of the panel and of each element around it, up to the body.
+  behind() {
+    const covered = [];
+    for (let inner = this.panel; inner.parentElement && inner !== document.body; inner = inner.parentElement) {
+      for (const sibling of inner.parentElement.children) {
+        if (sibling !== inner && !["SCRIPT", "TEMPLATE"].includes(sibling.tagName)) covered.push(sibling);
+      }
+    }
+    return covered;
   }
 
   changed(input) {
