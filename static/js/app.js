@@ -276,7 +276,7 @@ function onError({ id, code, message }) {
 function openPopup() {
   renderCurrent();
   const wrap = $("editorWrap");
-  popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight);
+  popup.open(editor.caretPosition(), wrap.clientWidth, wrap.clientHeight, editor.textarea.offsetHeight);
   enableActions(true);
 }
 

@@ -42,6 +42,8 @@ export function formatSize(parameters) {
   return parameters >= 1e9 ? `${(parameters / 1e9).toFixed(1)}B` : `${Math.round(parameters / 1e6)}M`;
 }
 
+const MIN_POPUP_HEIGHT = 96; // px: however short the screen, an option and the popup's head show
+
 export class SuggestionsPopup {
   constructor(elements, callbacks) {
     this.el = elements.popup;
@@ -64,14 +66,19 @@ export class SuggestionsPopup {
   }
 
   // Show the popup under the caret line, or above it when there is no room below.
-  open(position, containerWidth, containerHeight) {
+  // `usableHeight`: how far down the popup may reach (above the buttons under the editor on a phone).
+  open(position, containerWidth, containerHeight, usableHeight = containerHeight) {
     this.el.hidden = false;
+    this.el.style.maxHeight = "";
     const left = Math.max(8, Math.min(position.left, containerWidth - this.el.offsetWidth - 8));
     const below = position.top + position.lineHeight + 4;
-    const fitsBelow = below + this.el.offsetHeight <= containerHeight || position.top < containerHeight / 2;
+    const fitsBelow = below + this.el.offsetHeight <= usableHeight || position.top < usableHeight / 2;
     this.el.style.left = `${left}px`;
     this.el.style.top = fitsBelow ? `${below}px` : "";
     this.el.style.bottom = fitsBelow ? "" : `${containerHeight - position.top + 4}px`;
+    // on a short screen (a phone with its keyboard up) the options scroll rather than cover the buttons
+    const room = fitsBelow ? usableHeight - below - 8 : position.top - 8;
+    this.el.style.maxHeight = `${Math.max(MIN_POPUP_HEIGHT, room)}px`;
   }
 
   close() {

@@ -52,3 +52,24 @@ def test_the_empty_page_hint_goes_once_there_is_text_to_continue(page):
     write(page, "The river ran past").press("Tab")
     wait_until_done(page)
     assert "write a few words" not in message.inner_text()
+
+
+@pytest.mark.parametrize("height", [450, 844])
+def test_on_a_short_phone_screen_the_options_never_cover_the_buttons(browser, embedded_server, height):
+    from browsing import wait_until_done, write
+
+    page = open_page(browser, embedded_server.url, viewport={"width": 390, "height": height}, has_touch=True)
+    try:
+        write(page, "Dear students,\\n\\nToday we will learn how a language model writes. It reads the text so far and")
+        page.tap("#action-suggest")
+        wait_until_done(page)
+        for button in ("#action-longer", "#action-new"):
+            box = page.locator(button).bounding_box()
+            on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest('button')?.id ?? null",
+                                   [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+            assert on_top == button[1:], f"{button} is covered at 390 x {height}"
+        page.tap("#action-longer")
+        wait_until_done(page)
+        assert page.errors == []
+    finally:
+        page.context.close()
